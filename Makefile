@@ -1,0 +1,39 @@
+# `make run` and `make test` bootstrap everything from a fresh clone.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint bench system-deps docs clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+system-deps:
+	@scripts/system-deps.sh
+
+## Run the node agent on its embedded defaults (Ctrl-C stops it).
+run: $(STAMP)
+	$(BIN)/swarm-maint agent
+
+## Lint, type-check and run the whole test suite.
+test: system-deps $(STAMP) lint
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+## Measure the agent against its real peers; writes BENCHMARKS.md.
+bench: system-deps $(STAMP)
+	$(BIN)/python bench/agent_overhead.py --seconds 60 --write BENCHMARKS.md
+
+## Regenerate the generated parts of docs/ (configuration table).
+docs: $(STAMP)
+	$(BIN)/python -m swarm_maint.docgen docs/configuration.md
+
+clean:
+	rm -rf $(VENV) tests/fixtures/build .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,158 @@
+"""The node agent: builds every component from the config in one place and runs them.
+
+Threads: the main thread waits for SIGTERM/SIGINT; the hub collects on its own thread;
+uvicorn serves the API on a third. Stopping sets one event, and every component is
+closed in reverse order of creation, so state is consistent within about a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import signal
+import socket
+import threading
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from .api.app import ApiContext, create_app
+from .api.auth import ensure_token
+from .clock import Clock, SystemClock
+from .config import Config, parse_listen
+from .errors import StateError, UsageError
+from .monitoring.build import build_collectors
+from .monitoring.collector import CollectorContext
+from .monitoring.history import MetricHistory
+from .monitoring.hub import MetricsHub
+from .store import Store
+
+__all__ = ["Agent"]
+
+log = logging.getLogger(__name__)
+
+
+def _bind(listen: str) -> socket.socket:
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise UsageError(f"--listen: {exc}") from None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {listen}: {exc.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {listen}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class Agent:
+    """Everything the node agent runs, built from one Config."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        listen: str | None = None,
+        state_dir: Path | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.listen = listen or config.agent.listen
+        self.state_dir = state_dir or config.agent.resolved_state_dir()
+        self.node_name = config.agent.resolved_node_name()
+        self._stop = threading.Event()
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StateError(f"{self.state_dir}: cannot create state dir: {exc.strerror}") from None
+        self.token_file = (
+            Path(config.agent.token_file).expanduser()
+            if config.agent.token_file
+            else self.state_dir / "api-token"
+        )
+        self.token = ensure_token(self.token_file)
+        self.store = Store(self.state_dir / "state.db")
+        mon = config.monitoring
+        self.history = MetricHistory(
+            self.store,
+            capacity=max(2, math.ceil(mon.history.memory_window / mon.interval)),
+            resolution=mon.history.resolution,
+            retention=mon.history.retention,
+            exclude=mon.history.exclude,
+        )
+        collectors = build_collectors(CollectorContext(config=mon, clock=self.clock))
+        self.hub = MetricsHub(collectors, mon.interval, self.node_name, self.history, self.clock)
+        self.app = create_app(ApiContext(hub=self.hub, token=self.token, clock=self.clock))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.hub.request_collection()  # wake the collection thread
+
+    def run(self) -> None:
+        """Serve until stop() or SIGTERM/SIGINT; always closes every component."""
+        sock = _bind(self.listen)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                http="httptools",
+                loop="asyncio",
+                timeout_graceful_shutdown=1,
+                server_header=False,
+            )
+        )
+        previous: dict[signal.Signals, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self._on_signal)
+        collector_thread = threading.Thread(
+            target=self.hub.run, args=(self._stop,), name="collector", daemon=True
+        )
+        server_thread = threading.Thread(
+            target=lambda: asyncio.run(server.serve(sockets=[sock])), name="http", daemon=True
+        )
+        try:
+            self.hub.collect_once()  # /metrics is never empty, even for the first scrape
+            collector_thread.start()
+            server_thread.start()
+            log.info(
+                "swarm-maint agent on http://%s (node %s, state %s, %d collectors)",
+                self.listen, self.node_name, self.state_dir, len(self.hub.collectors),
+            )
+            for name, st in self.hub.latest().statuses.items():
+                if st.state != "ok":
+                    log.info("collector %s: %s: %s", name, st.state, st.message)
+            while not self._stop.wait(0.5):
+                if not server_thread.is_alive():
+                    log.error("HTTP server stopped unexpectedly; shutting down")
+                    break
+        finally:
+            self._stop.set()
+            self.hub.request_collection()
+            server.should_exit = True
+            server_thread.join(timeout=2.0)
+            collector_thread.join(timeout=2.0)
+            self.hub.close()
+            self.store.close()
+            sock.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)  # type: ignore[arg-type]
+            log.info("swarm-maint agent stopped")
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        self.stop()

@@ -1,0 +1,1 @@
+"""The agent's HTTP API (FastAPI): /metrics, /api/v1/…"""

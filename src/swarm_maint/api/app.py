@@ -1,0 +1,146 @@
+"""The FastAPI application: thin routes over the library objects the agent built."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from .. import __version__
+from ..clock import Clock, SystemClock
+from ..durations import parse_duration
+from ..errors import UsageError
+from ..monitoring.history import Aggregate
+from ..monitoring.hub import MetricsHub
+from ..monitoring.summary import node_summary
+from .auth import token_matches
+
+__all__ = ["METRICS_CONTENT_TYPE", "ApiContext", "create_app", "parse_time"]
+
+# The classic text format every Prometheus understands (our names are all legacy-valid).
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass
+class ApiContext:
+    hub: MetricsHub
+    token: str
+    clock: Clock
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+def parse_time(value: str | None, now: float, default: float) -> float:
+    """A unix timestamp, or a duration meaning that long ago (``15m``, ``-15m``)."""
+    if value is None or value == "":
+        return default
+    try:
+        ts = float(value)
+    except ValueError:
+        try:
+            return now - parse_duration(value.removeprefix("-"))
+        except ValueError:
+            raise UsageError(
+                f"invalid time {value!r}: give unix seconds or a duration ago such as '15m'"
+            ) from None
+    if not math.isfinite(ts):
+        raise UsageError(f"invalid time {value!r}")
+    return ts
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    app = FastAPI(
+        title="swarm-maint agent",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not token_matches(ctx.token, authorization):
+            raise _Unauthorized()
+
+    @app.exception_handler(_Unauthorized)
+    async def _unauth(_: Request, __: _Unauthorized) -> JSONResponse:
+        return JSONResponse(
+            {"error": "missing or wrong bearer token (see the api-token file in the state dir)"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    @app.exception_handler(UsageError)
+    async def _usage(_: Request, exc: UsageError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"error": f"{where}: {first.get('msg')}"}, status_code=400)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(ctx.hub.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    @app.get("/api/v1/status")
+    def status() -> dict[str, Any]:
+        return node_summary(ctx.hub)
+
+    @app.get("/api/v1/metrics/names")
+    def metric_names() -> dict[str, Any]:
+        history = ctx.hub.history
+        return {"names": history.names() if history else []}
+
+    @app.get("/api/v1/metrics/history")
+    def history(
+        name: Annotated[str, Query(min_length=1, max_length=200)],
+        match: Annotated[list[str] | None, Query()] = None,
+        start: str | None = None,
+        end: str | None = None,
+        source: Annotated[str, Query(pattern="^(auto|memory|store)$")] = "auto",
+        agg: Annotated[str, Query(pattern="^(avg|min|max|last)$")] = "avg",
+    ) -> dict[str, Any]:
+        hist = ctx.hub.history
+        if hist is None:
+            raise UsageError("metric history is disabled on this agent")
+        matchers: dict[str, str] = {}
+        for m in match or []:
+            key, sep, val = m.partition("=")
+            if not sep or not key:
+                raise UsageError(f"invalid match {m!r}: write label=value")
+            matchers[key] = val
+        now = ctx.clock.time()
+        t_end = parse_time(end, now, now)
+        t_start = parse_time(start, now, now - 900.0)
+        if t_start > t_end:
+            raise UsageError("start is after end")
+        agg_t: Aggregate = agg  # type: ignore[assignment]  # checked by the pattern above
+        used, series = hist.query(
+            name, matchers, t_start, t_end, source, agg_t  # type: ignore[arg-type]
+        )
+        return {
+            "name": name,
+            "source": used,
+            "aggregate": None if used == "memory" else agg,
+            "start": t_start,
+            "end": t_end,
+            "series": [{"labels": s.labels, "points": s.points} for s in series],
+        }
+
+    @app.post("/api/v1/collect", dependencies=[Depends(require_token)])
+    def collect_now() -> dict[str, Any]:
+        """Collect immediately (mutating: it changes rates and history)."""
+        frame = ctx.hub.collect_once()
+        return {"collected_at": frame.timestamp, "generation": frame.generation}
+
+    return app
+
+
+def default_context(hub: MetricsHub, token: str) -> ApiContext:
+    return ApiContext(hub=hub, token=token, clock=SystemClock())

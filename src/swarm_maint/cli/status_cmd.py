@@ -1,0 +1,145 @@
+"""``swarm-maint status``: the node summary, from the running agent or read locally."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..config import Config, parse_listen
+from ..monitoring.build import build_collectors
+from ..monitoring.collector import CollectorContext
+from ..monitoring.hub import MetricsHub
+from ..monitoring.summary import node_summary
+from .common import ConfigOption, JsonOption, effective_config, print_json
+
+
+def _agent_url(cfg: Config) -> str:
+    host, port = parse_listen(cfg.agent.listen)
+    if host in {"0.0.0.0", ""}:
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def fetch_or_collect(cfg: Config, url: str | None) -> dict[str, Any]:
+    """Ask the running agent; when none answers, read the node directly (two samples)."""
+    base = url or _agent_url(cfg)
+    try:
+        resp = httpx.get(f"{base}/api/v1/status", timeout=3.0)
+        resp.raise_for_status()
+        data: dict[str, Any] = resp.json()
+        data["source"] = f"agent at {base}"
+        return data
+    except httpx.HTTPError:
+        pass
+    hub = MetricsHub(
+        build_collectors(CollectorContext(config=cfg.monitoring)),
+        cfg.monitoring.interval,
+        cfg.agent.resolved_node_name(),
+    )
+    try:
+        hub.collect_once()
+        time.sleep(0.5)  # rates (CPU, network, disk) need two readings
+        hub.collect_once()
+        data = node_summary(hub)
+    finally:
+        hub.close()
+    data["source"] = f"read locally (no agent answered at {base})"
+    return data
+
+
+def _bytes(v: float | None) -> str:
+    if v is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(v) < 1024 or unit == "TiB":
+            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1024
+    return "-"  # unreachable
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.1f} %"
+
+
+def _num(v: float | None, fmt: str = "{:.2f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def render(data: dict[str, Any], console: Console) -> None:
+    head = Table(title=f"swarm-maint · node {data['node']}", show_header=False)
+    head.add_column(style="bold")
+    head.add_column()
+    cpu, mem, net, disk = data["cpu"], data["memory"], data["network"], data["disk"]
+    head.add_row("source", data.get("source", ""))
+    head.add_row("version", data["version"])
+    head.add_row("CPU", f"{_pct(cpu['utilization'])} of {_num(cpu['count'], '{:.0f}')} cores, "
+                 f"load {_num(cpu['load1'])} {_num(cpu['load5'])} {_num(cpu['load15'])}")
+    head.add_row("memory", f"{_bytes(mem['used_bytes'])} / {_bytes(mem['total_bytes'])} "
+                 f"({_pct(mem['used_ratio'])}), swap {_bytes(mem['swap_used_bytes'])} / "
+                 f"{_bytes(mem['swap_total_bytes'])}")
+    head.add_row("network", f"rx {_bytes(net['receive_bytes_per_second'])}/s, "
+                 f"tx {_bytes(net['transmit_bytes_per_second'])}/s")
+    head.add_row("disk I/O", f"read {_bytes(disk['read_bytes_per_second'])}/s, "
+                 f"write {_bytes(disk['write_bytes_per_second'])}/s")
+    gpu = data["gpu"]
+    head.add_row("GPUs", f"{gpu['count']} ({gpu['state']}{': ' + gpu['message'] if gpu['message'] else ''})")
+    console.print(head)
+
+    if gpu["devices"]:
+        t = Table(title="GPUs")
+        for col in ("#", "name", "util", "memory", "temp", "power", "state"):
+            t.add_column(col)
+        for d in gpu["devices"]:
+            t.add_row(
+                str(d["index"]), d.get("name", ""), _pct(d.get("utilization")),
+                f"{_bytes(d.get('memory_used_bytes'))} / {_bytes(d.get('memory_total_bytes'))}",
+                _num(d.get("temperature_celsius"), "{:.0f} °C"),
+                _num(d.get("power_watts"), "{:.0f} W"),
+                "LOST" if d.get("lost") else "ok",
+            )
+        console.print(t)
+
+    if data["filesystems"]:
+        t = Table(title="filesystems")
+        for col in ("mount", "type", "size", "available", "used", "ro"):
+            t.add_column(col)
+        for f in data["filesystems"]:
+            t.add_row(f["mountpoint"], f["fstype"], _bytes(f["size_bytes"]),
+                      _bytes(f["avail_bytes"]), _pct(f["used_ratio"]),
+                      "yes" if f["readonly"] else "")
+        console.print(t)
+
+    t = Table(title="collectors")
+    for col in ("collector", "state", "time", "message"):
+        t.add_column(col)
+    for c in data["collectors"]:
+        style = {"ok": "green", "degraded": "yellow", "unavailable": "dim", "error": "red"}
+        t.add_row(c["name"], f"[{style.get(c['state'], '')}]{c['state']}",
+                  _num(c["duration_seconds"] and c["duration_seconds"] * 1000, "{:.1f} ms"),
+                  c["message"])
+    console.print(t)
+
+
+def status(
+    config: ConfigOption = None,
+    json_out: JsonOption = False,
+    url: Annotated[
+        str | None, typer.Option("--url", help="Agent base URL (default: from the config).")
+    ] = None,
+) -> None:
+    """Node summary: CPU, memory, network, disks, GPUs and the collectors' state."""
+    cfg = effective_config(config)
+    data = fetch_or_collect(cfg, url)
+    if json_out:
+        print_json(data)
+    else:
+        render(data, Console())

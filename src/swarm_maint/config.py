@@ -1,0 +1,332 @@
+"""The TOML configuration: pydantic models, embedded defaults, one-line errors.
+
+Every key has a type, a default and a one-line description (``Field(description=...)``);
+docs/configuration.md is generated from these models and a test keeps it in step.
+Unknown keys are rejected so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+)
+
+from .durations import format_duration, parse_duration
+from .errors import ConfigError
+
+__all__ = [
+    "AgentConfig",
+    "Config",
+    "DiskConfig",
+    "Duration",
+    "FilesystemConfig",
+    "HistoryConfig",
+    "MonitoringConfig",
+    "NetworkConfig",
+    "default_state_dir",
+    "iter_keys",
+    "load_config",
+    "parse_listen",
+]
+
+
+def _to_seconds(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration string such as '30s'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("durations cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        return parse_duration(value)
+    raise ValueError("expected a duration string such as '30s'")
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_to_seconds),
+    PlainSerializer(format_duration, return_type=str),
+]
+"""Seconds in Python, a string like ``"5m"`` in TOML."""
+
+BUILTIN_COLLECTORS = [
+    "cpu",
+    "load",
+    "memory",
+    "pressure",
+    "network",
+    "disk",
+    "filesystem",
+    "process",
+    "gpu",
+]
+
+
+def default_state_dir() -> Path:
+    """$XDG_STATE_HOME/swarm-maint, else ~/.local/state/swarm-maint."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "swarm-maint"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6) into its parts."""
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", value.strip())
+    if not m:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9310 or [::1]:9310)")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is outside 1-65535")
+    return host, port
+
+
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from None
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+
+class AgentConfig(_Section):
+    listen: str = Field(
+        "127.0.0.1:9310",
+        description="HOST:PORT the HTTP server binds to; loopback by default.",
+    )
+    state_dir: str = Field(
+        "",
+        description="Directory for the state database and API token; "
+        "empty means $XDG_STATE_HOME/swarm-maint.",
+    )
+    node_name: str = Field("", description="Name of this node in metrics and alerts; "
+                           "empty means the host name.")
+    token_file: str = Field(
+        "",
+        description="File holding the bearer token for mutating API calls; "
+        "empty means <state_dir>/api-token (created with mode 0600).",
+    )
+    log_level: str = Field("info", description="Log level: debug, info, warning or error.")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be one of debug, info, warning, error")
+        return v
+
+    def resolved_state_dir(self) -> Path:
+        return Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()
+
+    def resolved_node_name(self) -> str:
+        return self.node_name or socket.gethostname()
+
+
+class HistoryConfig(_Section):
+    memory_window: Duration = Field(
+        900.0, description="How long raw samples are kept in memory (at the collection interval)."
+    )
+    resolution: Duration = Field(
+        60.0, description="Step of the downsampled history written to SQLite (avg/min/max/last)."
+    )
+    retention: Duration = Field(604800.0, description="How long downsampled history is kept.")
+    exclude: list[str] = Field(
+        default_factory=lambda: ["swarm_cpu_seconds_total", "swarm_cpu_core_utilization_ratio"],
+        description="Metric names kept in memory only, never written to SQLite "
+        "(high-cardinality families).",
+    )
+
+    @field_validator("memory_window", "resolution", "retention")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be greater than zero")
+        return v
+
+
+class FilesystemConfig(_Section):
+    exclude_fstypes: list[str] = Field(
+        default_factory=lambda: [
+            "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "debugfs",
+            "devpts", "devtmpfs", "fusectl", "hugetlbfs", "iso9660", "mqueue", "nsfs",
+            "overlay", "proc", "procfs", "pstore", "rpc_pipefs", "securityfs", "selinuxfs",
+            "squashfs", "sysfs", "tracefs", "nfsd", "ramfs", "efivarfs",
+        ],
+        description="Filesystem types that are not reported.",
+    )
+    exclude_mountpoints: str = Field(
+        r"^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+"
+        r"|var/lib/kubelet/.+)($|/)",
+        description="Regular expression of mount points that are not reported.",
+    )
+    statvfs_timeout: Duration = Field(
+        1.0,
+        description="A mount whose statvfs takes longer (a dead NFS server) is marked stuck "
+        "and skipped until it answers again.",
+    )
+
+    @field_validator("exclude_mountpoints")
+    @classmethod
+    def _rx(cls, v: str) -> str:
+        return _check_regex(v)
+
+
+class NetworkConfig(_Section):
+    exclude_devices: str = Field(
+        r"^(veth|cali|flannel|cni|lxc|tap)",
+        description="Regular expression of interfaces that are not reported "
+        "(per-container virtual links).",
+    )
+
+    @field_validator("exclude_devices")
+    @classmethod
+    def _rx(cls, v: str) -> str:
+        return _check_regex(v)
+
+
+class DiskConfig(_Section):
+    exclude_devices: str = Field(
+        r"^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$",
+        description="Regular expression of block devices that are not reported "
+        "(partitions, loop and ram devices).",
+    )
+
+    @field_validator("exclude_devices")
+    @classmethod
+    def _rx(cls, v: str) -> str:
+        return _check_regex(v)
+
+
+class MonitoringConfig(_Section):
+    interval: Duration = Field(1.0, description="How often every collector runs.")
+    collectors: list[str] = Field(
+        default_factory=lambda: list(BUILTIN_COLLECTORS),
+        description="Collectors to run, by registered name. Collectors named here explicitly "
+        "must load; unavailable defaults are skipped quietly.",
+    )
+    proc_root: str = Field("/proc", description="Root of the proc filesystem to read.")
+    sys_root: str = Field("/sys", description="Root of the sys filesystem to read.")
+    nvml_library: str = Field(
+        "",
+        description="Path of libnvidia-ml.so.1; empty means the system's own (dlopen search).",
+    )
+    history: HistoryConfig = Field(default_factory=HistoryConfig,
+                                   description="Recent and downsampled metric history.")
+    filesystem: FilesystemConfig = Field(default_factory=FilesystemConfig,
+                                         description="Filesystem collector.")
+    network: NetworkConfig = Field(default_factory=NetworkConfig,
+                                   description="Network collector.")
+    disk: DiskConfig = Field(default_factory=DiskConfig, description="Disk I/O collector.")
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: float) -> float:
+        if v < 0.1:
+            raise ValueError("must be at least 100ms")
+        return v
+
+    @field_validator("collectors")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        dup = sorted({n for n in v if v.count(n) > 1})
+        if dup:
+            raise ValueError(f"collector listed twice: {', '.join(dup)}")
+        return v
+
+    def collectors_explicit(self) -> bool:
+        """True when the config named the collectors rather than taking the default list."""
+        return "collectors" in self.model_fields_set
+
+
+class Config(_Section):
+    agent: AgentConfig = Field(default_factory=AgentConfig, description="The node agent.")
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig,
+                                         description="Metric collection and history.")
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[")
+
+
+def _format_validation(source: str, exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        key = _key_path(err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (see docs/configuration.md for the valid keys)"
+        msg = msg.removeprefix("Value error, ")
+        problems.append(f"{source}: key {key}: {msg}")
+    return problems[0] + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1
+                          else "")
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(source, exc)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Load and validate a TOML file; ``None`` gives the embedded defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: TOML syntax error: {exc}") from None
+    return config_from_dict(data, str(p))
+
+
+def iter_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Every leaf key as (dotted name, TOML default, description), for the docs."""
+    import tomli_w
+
+    rows: list[tuple[str, str, str]] = []
+    defaults = model().model_dump(mode="json")
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        dotted = f"{prefix}{name}"
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(iter_keys(ann, dotted + "."))
+            continue
+        value = defaults[name]
+        if isinstance(value, list):
+            rendered = json.dumps(value)  # a JSON array of strings is valid TOML, on one line
+        else:
+            rendered = tomli_w.dumps({"v": value}).strip().removeprefix("v = ")
+        rows.append((dotted, rendered, field.description or ""))
+    return rows

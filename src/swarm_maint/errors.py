@@ -1,0 +1,59 @@
+"""One error tree for the whole project; every class carries its CLI exit code.
+
+    SwarmMaintError            exit 1   anything the project raises on purpose
+    ├── ConfigError            exit 2   invalid configuration file or value
+    ├── UsageError             exit 2   bad command-line or API input
+    ├── StateError             exit 4   the state directory or database cannot be used
+    ├── AgentUnreachableError  exit 5   no agent answers at the configured address
+    └── PluginError            exit 6   a configured plugin cannot be loaded
+
+The CLI prints ``str(error)`` on one line and exits with ``error.exit_code``;
+tracebacks appear only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentUnreachableError",
+    "ConfigError",
+    "PluginError",
+    "StateError",
+    "SwarmMaintError",
+    "UsageError",
+]
+
+
+class SwarmMaintError(Exception):
+    """Base of every error raised on purpose by swarm-maint."""
+
+    exit_code: int = 1
+
+
+class ConfigError(SwarmMaintError):
+    """The configuration is invalid: names the file, the key and the problem."""
+
+    exit_code = 2
+
+
+class UsageError(SwarmMaintError):
+    """A command-line argument or API parameter is invalid."""
+
+    exit_code = 2
+
+
+class StateError(SwarmMaintError):
+    """The state directory or database cannot be opened or migrated."""
+
+    exit_code = 4
+
+
+class AgentUnreachableError(SwarmMaintError):
+    """No agent answers at the configured address."""
+
+    exit_code = 5
+
+
+class PluginError(SwarmMaintError):
+    """A plugin named in the configuration cannot be found or loaded."""
+
+    exit_code = 6

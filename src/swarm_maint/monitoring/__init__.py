@@ -1,0 +1,1 @@
+"""Metric collection: collectors, the hub that caches and exports them, and history."""

@@ -1,0 +1,1 @@
+"""Built-in collectors, one module each; each module exposes ``create(ctx) -> Collector``."""

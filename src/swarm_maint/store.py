@@ -1,0 +1,122 @@
+"""The SQLite state store: WAL mode, named migrations recorded in a table.
+
+One connection guarded by a lock is shared by the agent's threads; other processes
+(the CLI) open their own. Each migration runs in its own transaction together with
+its record in ``schema_migrations``, so a crash never leaves a half-applied step.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import StateError
+
+__all__ = ["MIGRATIONS", "Store"]
+
+# (name, SQL). Append only: never edit or reorder a migration that has shipped.
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_metric_history",
+        """
+        CREATE TABLE metric_series (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            labels TEXT NOT NULL,              -- canonical JSON object, sorted keys
+            UNIQUE (name, labels)
+        );
+        CREATE TABLE metric_history (
+            series_id INTEGER NOT NULL REFERENCES metric_series(id),
+            ts REAL NOT NULL,                  -- start of the step, unix seconds
+            avg REAL NOT NULL,
+            min REAL NOT NULL,
+            max REAL NOT NULL,
+            last REAL NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (series_id, ts)
+        ) WITHOUT ROWID;
+        CREATE INDEX metric_history_ts ON metric_history(ts);
+        """,
+    ),
+]
+
+
+class Store:
+    """A SQLite database in WAL mode with the project's migrations applied."""
+
+    def __init__(self, path: Path | str, migrations: Sequence[tuple[str, str]] = MIGRATIONS):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=10.0
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+        except (sqlite3.Error, OSError) as exc:
+            raise StateError(f"{self.path}: cannot open state database: {exc}") from None
+        self._lock = threading.RLock()
+        self._migrate(migrations)
+
+    def _migrate(self, migrations: Sequence[tuple[str, str]]) -> None:
+        try:
+            with self._lock:
+                self._conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+                )
+                done = {r[0] for r in self._conn.execute("SELECT name FROM schema_migrations")}
+                for name, sql in migrations:
+                    if name in done:
+                        continue
+                    # executescript would commit on its own; run statements one by one
+                    # inside an explicit transaction instead.
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        for stmt in _split_sql(sql):
+                            self._conn.execute(stmt)
+                        self._conn.execute(
+                            "INSERT INTO schema_migrations VALUES (?, strftime('%s','now'))",
+                            (name,),
+                        )
+                        self._conn.execute("COMMIT")
+                    except BaseException:
+                        self._conn.execute("ROLLBACK")
+                        raise
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path}: cannot migrate state database: {exc}") from None
+
+    def applied_migrations(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._conn.execute(
+                "SELECT name FROM schema_migrations ORDER BY name")]
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run a block atomically; roll back if it raises."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._conn.execute(sql, params))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements (migrations contain no ';' inside literals)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
