@@ -93,7 +93,7 @@ def test_parse_listen() -> None:
     assert parse_listen("[::1]:80") == ("::1", 80)
     assert parse_listen("localhost:1") == ("localhost", 1)
     for bad in ("127.0.0.1", ":80", "host:0", "host:70000", "a b:1"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"HOST:PORT|outside"):
             parse_listen(bad)
 
 

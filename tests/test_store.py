@@ -42,9 +42,13 @@ def test_failed_migration_leaves_nothing_half_done(tmp_path: Path) -> None:
 
 def test_transaction_rolls_back(tmp_path: Path) -> None:
     s = Store(tmp_path / "s.db")
-    with pytest.raises(RuntimeError), s.transaction() as db:
-        db.execute("INSERT INTO metric_series(name, labels) VALUES ('a', '{}')")
-        raise RuntimeError("boom")
+    def insert_then_fail() -> None:
+        with s.transaction() as db:
+            db.execute("INSERT INTO metric_series(name, labels) VALUES ('a', '{}')")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        insert_then_fail()
     assert s.query("SELECT count(*) FROM metric_series")[0][0] == 0
     s.close()
 

@@ -46,7 +46,7 @@ def test_metrics(client: tuple[httpx.Client, MetricsHub, FakeClock]) -> None:
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert "# HELP swarm_load1 " in r.text
     assert "swarm_load1 0.5" in r.text
-    assert "swarm_procs_total 345.0" in r.text
+    assert "swarm_procs_existing 345.0" in r.text
 
 
 def test_status(client: tuple[httpx.Client, MetricsHub, FakeClock]) -> None:

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-# tests/monitoring is not a package, so pytest puts this folder (not the repository root)
-# on sys.path; make `tests.*` importable for this conftest and the test modules beside it.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from tests.fake_nvml import FakeNvmlState, build_fake_nvml  # noqa: E402
+from tests.fake_nvml import FakeNvmlState, build_fake_nvml
 
 
 @pytest.fixture

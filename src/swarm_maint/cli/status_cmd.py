@@ -91,7 +91,8 @@ def render(data: dict[str, Any], console: Console) -> None:
     head.add_row("disk I/O", f"read {_bytes(disk['read_bytes_per_second'])}/s, "
                  f"write {_bytes(disk['write_bytes_per_second'])}/s")
     gpu = data["gpu"]
-    head.add_row("GPUs", f"{gpu['count']} ({gpu['state']}{': ' + gpu['message'] if gpu['message'] else ''})")
+    detail = f": {gpu['message']}" if gpu["message"] else ""
+    head.add_row("GPUs", f"{gpu['count']} ({gpu['state']}{detail})")
     console.print(head)
 
     if gpu["devices"]:

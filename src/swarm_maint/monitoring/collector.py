@@ -45,7 +45,7 @@ class CollectorStatus:
     message: str = ""
 
 
-class CollectorUnavailable(Exception):  # noqa: N818 - reads as a state, not a failure
+class CollectorUnavailable(Exception):
     """Raised by a factory when the collector cannot run on this node at all.
 
     The registry skips the collector quietly when it is only a default and reports a

@@ -69,7 +69,7 @@ def _gpus(samples: Samples, frame: Frame) -> dict[str, Any]:
     return {
         "collector": "gpu" in frame.statuses,
         "nvml_available": bool(available) if available is not None else False,
-        "count": int(_one(samples, "swarm_gpu_count") or 0),
+        "count": int(_one(samples, "swarm_gpus") or 0),
         "state": status.state if status else "disabled",
         "message": status.message if status else "gpu collector not enabled",
         "devices": [devices[k] for k in sorted(devices, key=lambda s: (len(s), s))],
@@ -87,6 +87,7 @@ def node_summary(hub: MetricsHub) -> dict[str, Any]:
     for labels, size in sizes:
         mp = labels.get("mountpoint", "")
         used = size - free.get(mp, 0.0)
+        usable = used + avail.get(mp, 0.0)  # df's Use%: root-reserved blocks count as full
         filesystems.append(
             {
                 "mountpoint": mp,
@@ -94,7 +95,7 @@ def node_summary(hub: MetricsHub) -> dict[str, Any]:
                 "fstype": labels.get("fstype", ""),
                 "size_bytes": size,
                 "avail_bytes": avail.get(mp),
-                "used_ratio": used / size if size else None,
+                "used_ratio": used / usable if usable else None,
                 "readonly": bool(ro.get(mp, 0.0)),
             }
         )
@@ -106,7 +107,7 @@ def node_summary(hub: MetricsHub) -> dict[str, Any]:
         "collected_at": frame.timestamp or None,
         "interval_seconds": hub.interval,
         "cpu": {
-            "count": _one(s, "swarm_cpu_count"),
+            "count": _one(s, "swarm_cpus"),
             "utilization": _one(s, "swarm_cpu_utilization_ratio"),
             "load1": _one(s, "swarm_load1"),
             "load5": _one(s, "swarm_load5"),

@@ -95,7 +95,7 @@ class CpuCollector:
                 )
             )
         out.append(core_util)
-        out.append(GaugeMetricFamily("swarm_cpu_count", "Online CPUs.", value=count))
+        out.append(GaugeMetricFamily("swarm_cpus", "Online CPUs.", value=count))
         for key, name, help_text in (
             ("ctxt", "swarm_context_switches_total", "Context switches since boot."),
             ("intr", "swarm_interrupts_total", "Interrupts serviced since boot."),

@@ -199,20 +199,20 @@ class FilesystemCollector:
         errors: list[str] = []
         for mp, mount in mounts.items():
             labels = mount.labels
-            call = calls.get(mp)
-            if call is None or not call.done.is_set():
-                if call is not None:
-                    self._pending[mp] = call
+            answer = calls.get(mp)
+            if answer is None or not answer.done.is_set():
+                if answer is not None:
+                    self._pending[mp] = answer
                 stuck.add_metric(labels, 1.0)
                 stuck_names.append(f"{mp} ({mount.fstype} {mount.device})")
                 continue
-            if call.error is not None:
-                if isinstance(call.error, FileNotFoundError | PermissionError):
+            if answer.error is not None:
+                if isinstance(answer.error, FileNotFoundError | PermissionError):
                     continue  # unmounted meanwhile, or not ours to look at
                 stuck.add_metric(labels, 0.0)
-                errors.append(f"statvfs {mp}: {call.error}")
+                errors.append(f"statvfs {mp}: {answer.error}")
                 continue
-            st = call.result
+            st = answer.result
             assert st is not None
             frsize = st.f_frsize or st.f_bsize
             size.add_metric(labels, st.f_blocks * frsize)

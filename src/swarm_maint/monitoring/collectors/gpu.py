@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -272,9 +273,9 @@ class GpuCollector:
             try:
                 self._preloaded = ctypes.CDLL(self._library_path)
             except OSError as exc:
-                self._status = CollectorStatus(
-                    "unavailable", f"no NVIDIA driver: cannot load {self._library_path}: {exc}"
-                )
+                path = self._library_path
+                why = "not found" if not os.path.exists(path) else f"cannot be loaded: {exc}"
+                self._status = CollectorStatus("unavailable", f"no NVIDIA driver: {path} {why}")
                 return False
         try:
             pynvml.nvmlInit()
@@ -378,7 +379,7 @@ class GpuCollector:
             problems.extend(f"{dev.describe()}: {p}" for p in dev.problems)
 
         out: list[Metric] = [self._available(True)]
-        out.append(GaugeMetricFamily("swarm_gpu_count", "GPUs NVML reports.", value=count))
+        out.append(GaugeMetricFamily("swarm_gpus", "GPUs NVML reports.", value=count))
         info = GaugeMetricFamily(
             "swarm_gpu_driver_info",
             "NVIDIA driver, NVML and CUDA driver API versions (value always 1).",

@@ -33,7 +33,9 @@ class LoadCollector:
         ):
             out.append(GaugeMetricFamily(name, f"Load average over {window}.", value=value))
         out.append(GaugeMetricFamily("swarm_procs_running", "Runnable tasks.", value=running))
-        out.append(GaugeMetricFamily("swarm_procs_total", "Existing tasks (threads).", value=total))
+        out.append(
+            GaugeMetricFamily("swarm_procs_existing", "Existing tasks (threads).", value=total)
+        )
         return out
 
     def status(self) -> CollectorStatus:

@@ -110,8 +110,9 @@ class MemoryCollector:
         if not problems:
             self._status = CollectorStatus()
         else:
-            state = "degraded" if out else "unavailable"
-            self._status = CollectorStatus(state, "; ".join(problems))
+            self._status = CollectorStatus(
+                "degraded" if out else "unavailable", "; ".join(problems)
+            )
         return out
 
     def status(self) -> CollectorStatus:

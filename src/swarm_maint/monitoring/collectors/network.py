@@ -88,10 +88,10 @@ class NetworkCollector:
             except (ValueError, IndexError):
                 bad_lines += 1
                 continue
-            for col, fam in ((_RX_BYTES, rx_rate), (_TX_BYTES, tx_rate)):
+            for col, rate_fam in ((_RX_BYTES, rx_rate), (_TX_BYTES, tx_rate)):
                 r = self._rates.rate((device, col), fields[col], now)
                 if r is not None:
-                    fam.add_metric([device], r)
+                    rate_fam.add_metric([device], r)
 
             state = self._sysfs(device, "operstate")
             if state is not None:

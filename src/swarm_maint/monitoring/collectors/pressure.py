@@ -85,8 +85,9 @@ class PressureCollector:
         if not problems:
             self._status = CollectorStatus()
         else:
-            state = "degraded" if waiting.samples else "unavailable"
-            self._status = CollectorStatus(state, "; ".join(problems))
+            self._status = CollectorStatus(
+                "degraded" if waiting.samples else "unavailable", "; ".join(problems)
+            )
         return non_empty([waiting, stalled, avg10])
 
     def status(self) -> CollectorStatus:

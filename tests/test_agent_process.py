@@ -1,0 +1,134 @@
+"""The agent as a real process: defaults, token, signals, bad input, the status command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.agent_proc import CLI, RunningAgent, start_agent
+from tests.live_server import free_port
+
+pytestmark = pytest.mark.slow
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[RunningAgent]:
+    a = start_agent(tmp_path)
+    yield a
+    if a.proc.poll() is None:
+        a.proc.kill()
+        a.proc.communicate()
+
+
+def test_runs_on_defaults_with_state_under_xdg(agent: RunningAgent) -> None:
+    token = agent.state / "api-token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert (agent.state / "state.db").exists()
+    body = httpx.get(f"{agent.url}/metrics").text
+    for family in ("swarm_cpu_seconds_total", "swarm_memory_total_bytes",
+                   "swarm_network_receive_bytes_total", "swarm_gpu_nvml_available"):
+        assert f"# TYPE {family}" in body, family
+    # no NVIDIA driver on this machine: reported, not fatal
+    assert "swarm_gpu_nvml_available 0.0" in body
+    status = httpx.get(f"{agent.url}/api/v1/status").json()
+    assert status["gpu"]["state"] == "unavailable"
+    assert status["gpu"]["message"]
+    assert httpx.post(f"{agent.url}/api/v1/collect").status_code == 401
+    r = httpx.post(f"{agent.url}/api/v1/collect",
+                   headers={"Authorization": f"Bearer {token.read_text().strip()}"})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_within_a_second(agent: RunningAgent, sig: signal.Signals) -> None:
+    time.sleep(1.5)  # let it collect and write
+    t0 = time.monotonic()
+    agent.proc.send_signal(sig)
+    rc = agent.proc.wait(timeout=5)
+    elapsed = time.monotonic() - t0
+    _, err = agent.proc.communicate()
+    assert rc == 0, err
+    assert elapsed < 1.0, f"took {elapsed:.2f}s to stop"
+    assert "Traceback" not in err
+    # state is consistent: the database opens, passes an integrity check, has history rows
+    import sqlite3
+
+    db = sqlite3.connect(agent.state / "state.db")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("SELECT count(*) FROM metric_history").fetchone()[0] > 0
+    db.close()
+    # the port is free again
+    port = int(agent.url.rsplit(":", 1)[1])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_status_command_uses_the_agent(agent: RunningAgent, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[agent]\nlisten = "{agent.url.removeprefix("http://")}"\n')
+    r = subprocess.run([*CLI, "status", "--json", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=60, env=agent.env)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["source"] == f"agent at {agent.url}"
+    assert data["memory"]["total_bytes"] > 0
+    r = subprocess.run([*CLI, "status", "--config", str(cfg)], capture_output=True, text=True,
+                       timeout=60, env={**agent.env, "COLUMNS": "150"})
+    assert r.returncode == 0, r.stderr
+    assert "collectors" in r.stdout and "memory" in r.stdout
+
+
+def test_status_without_agent_reads_the_node(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[agent]\nlisten = "127.0.0.1:{free_port()}"\n')
+    r = subprocess.run([*CLI, "status", "--json", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["source"].startswith("read locally")
+    assert data["cpu"]["count"] == os.cpu_count()
+    assert 0 <= data["cpu"]["utilization"] <= 1  # two readings were taken
+
+
+def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        r = subprocess.run([*CLI, "agent", "--listen", f"127.0.0.1:{port}",
+                            "--state-dir", str(tmp_path / "st")],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"swarm-maint: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+
+
+def test_bad_listen_and_bad_config(tmp_path: Path) -> None:
+    r = subprocess.run([*CLI, "agent", "--listen", "nowhere", "--state-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--listen" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[monitoring]\ncollectors = ['cpu', 'warp-drive']\n")
+    r = subprocess.run([*CLI, "agent", "--config", str(bad), "--state-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 6
+    assert "warp-drive" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unwritable_state_dir(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    r = subprocess.run([*CLI, "agent", "--state-dir", str(tmp_path / "f" / "x"),
+                        "--listen", f"127.0.0.1:{free_port()}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4
+    assert "cannot create state dir" in r.stderr
