@@ -142,7 +142,7 @@ class MetricsHub:
             value=ts,
         )
         frames = CounterMetricFamily(
-            "swarm_collections", "Collections run since the agent started.",
+            "swarm_collections_total", "Collections run since the agent started.",
             value=self._frames_total + 1,
         )
         return [dur, ok, errs, info, stamp, frames]

@@ -11,16 +11,16 @@ from ._procfs import DeltaTracker, non_empty, read_text
 
 __all__ = ["NetworkCollector", "create"]
 
-# (column in /proc/net/dev after the "iface:", metric base name, HELP)
+# (column in /proc/net/dev after the "iface:", counter name, HELP)
 _COUNTERS = (
-    (0, "swarm_network_receive_bytes", "Bytes received."),
-    (1, "swarm_network_receive_packets", "Packets received."),
-    (2, "swarm_network_receive_errors", "Receive errors."),
-    (3, "swarm_network_receive_drop", "Received packets dropped."),
-    (8, "swarm_network_transmit_bytes", "Bytes transmitted."),
-    (9, "swarm_network_transmit_packets", "Packets transmitted."),
-    (10, "swarm_network_transmit_errors", "Transmit errors."),
-    (11, "swarm_network_transmit_drop", "Transmitted packets dropped."),
+    (0, "swarm_network_receive_bytes_total", "Bytes received."),
+    (1, "swarm_network_receive_packets_total", "Packets received."),
+    (2, "swarm_network_receive_errors_total", "Receive errors."),
+    (3, "swarm_network_receive_drop_total", "Received packets dropped."),
+    (8, "swarm_network_transmit_bytes_total", "Bytes transmitted."),
+    (9, "swarm_network_transmit_packets_total", "Packets transmitted."),
+    (10, "swarm_network_transmit_errors_total", "Transmit errors."),
+    (11, "swarm_network_transmit_drop_total", "Transmitted packets dropped."),
 )
 _RX_BYTES, _TX_BYTES = 0, 8
 _MBIT = 125_000  # bytes per second in one Mbit/s
@@ -52,8 +52,8 @@ class NetworkCollector:
         now = self._clock.monotonic()
 
         counters = [
-            (col, CounterMetricFamily(f"{base}_total", help_text, labels=["device"]))
-            for col, base, help_text in _COUNTERS
+            (col, CounterMetricFamily(name, help_text, labels=["device"]))
+            for col, name, help_text in _COUNTERS
         ]
         rx_rate = GaugeMetricFamily(
             "swarm_network_receive_bytes_per_second",
