@@ -22,7 +22,7 @@ def free_port() -> int:
 @contextmanager
 def serve(app: Any) -> Iterator[str]:
     """Yield the base URL of ``app`` served on 127.0.0.1; stop it afterwards."""
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     port = sock.getsockname()[1]

@@ -132,3 +132,20 @@ def test_unwritable_state_dir(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 4
     assert "cannot create state dir" in r.stderr
+
+
+def test_listener_is_tcp_so_keepalive_responses_are_not_delayed() -> None:
+    # asyncio enables TCP_NODELAY on accepted sockets only when the listener's proto is
+    # IPPROTO_TCP; with proto 0 every keep-alive scrape stalls ~40 ms on a delayed ACK.
+    from swarm_maint.agent import bind_listener
+
+    sock = bind_listener(f"127.0.0.1:{free_port()}")
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        client = socket.create_connection(sock.getsockname()[:2])
+        conn, _ = sock.accept()
+        assert conn.proto == socket.IPPROTO_TCP
+        conn.close()
+        client.close()
+    finally:
+        sock.close()

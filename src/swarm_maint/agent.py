@@ -29,12 +29,12 @@ from .monitoring.history import MetricHistory
 from .monitoring.hub import MetricsHub
 from .store import Store
 
-__all__ = ["Agent"]
+__all__ = ["Agent", "bind_listener"]
 
 log = logging.getLogger(__name__)
 
 
-def _bind(listen: str) -> socket.socket:
+def bind_listener(listen: str) -> socket.socket:
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
@@ -44,7 +44,9 @@ def _bind(listen: str) -> socket.socket:
     except socket.gaierror as exc:
         raise UsageError(f"cannot listen on {listen}: {exc.strerror}") from None
     family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must be IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections
+    # only then, and without it every keep-alive response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(addr)
@@ -102,7 +104,7 @@ class Agent:
 
     def run(self) -> None:
         """Serve until stop() or SIGTERM/SIGINT; always closes every component."""
-        sock = _bind(self.listen)
+        sock = bind_listener(self.listen)
         server = uvicorn.Server(
             uvicorn.Config(
                 self.app,
