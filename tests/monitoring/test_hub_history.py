@@ -68,6 +68,7 @@ def test_exposition_is_cached_per_frame_and_has_own_metrics(tmp_path: Path) -> N
     assert 'test_value{device="a"} 2.0' in hub.exposition().decode()
 
 
+@pytest.mark.expect_logged_errors
 def test_failing_collector_is_reported_not_raised(tmp_path: Path) -> None:
     clock = FakeClock()
     store = Store(tmp_path / "s.db")
