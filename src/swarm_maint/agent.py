@@ -8,6 +8,7 @@ closed in reverse order of creation, so state is consistent within about a secon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import signal
@@ -58,6 +59,34 @@ def bind_listener(listen: str) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn wakes its loop ten times a second to poll ``should_exit``; on a node agent
+    that idles most of the time, wait on an event instead and wake once a second (to
+    refresh the Date header), which saves a measurable share of the agent's CPU."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._exit: asyncio.Event | None = None
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._exit = asyncio.Event()
+        counter = 0  # on_tick refreshes the Date header when counter % 10 == 0
+        while not await self.on_tick(counter):
+            counter += 10
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exit.wait(), 1.0)
+
+    def request_exit(self) -> None:
+        """Thread-safe: make the server shut down now."""
+        self.should_exit = True
+        loop, event = self._loop, self._exit
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(event.set)
+
+
 class Agent:
     """Everything the node agent runs, built from one Config."""
 
@@ -105,7 +134,7 @@ class Agent:
     def run(self) -> None:
         """Serve until stop() or SIGTERM/SIGINT; always closes every component."""
         sock = bind_listener(self.listen)
-        server = uvicorn.Server(
+        server = _Server(
             uvicorn.Config(
                 self.app,
                 log_level="warning",
@@ -124,9 +153,13 @@ class Agent:
         collector_thread = threading.Thread(
             target=self.hub.run, args=(self._stop,), name="collector", daemon=True
         )
-        server_thread = threading.Thread(
-            target=lambda: asyncio.run(server.serve(sockets=[sock])), name="http", daemon=True
-        )
+        def serve() -> None:
+            try:
+                asyncio.run(server.serve(sockets=[sock]))
+            finally:
+                self._stop.set()  # a dead HTTP server stops the agent rather than idle on
+
+        server_thread = threading.Thread(target=serve, name="http", daemon=True)
         try:
             self.hub.collect_once()  # /metrics is never empty, even for the first scrape
             collector_thread.start()
@@ -138,14 +171,13 @@ class Agent:
             for name, st in self.hub.latest().statuses.items():
                 if st.state != "ok":
                     log.info("collector %s: %s: %s", name, st.state, st.message)
-            while not self._stop.wait(0.5):
-                if not server_thread.is_alive():
-                    log.error("HTTP server stopped unexpectedly; shutting down")
-                    break
+            self._stop.wait()  # signal handlers still run: the wait is interruptible
+            if not server_thread.is_alive():
+                log.error("HTTP server stopped unexpectedly; shutting down")
         finally:
             self._stop.set()
             self.hub.request_collection()
-            server.should_exit = True
+            server.request_exit()
             server_thread.join(timeout=2.0)
             collector_thread.join(timeout=2.0)
             self.hub.close()

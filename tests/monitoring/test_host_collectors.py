@@ -599,11 +599,13 @@ class FakeStatvfs:
         self.block = block
         self.release = threading.Event()
         self.calls: list[str] = []
+        self.threads: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def __call__(self, path: str) -> os.statvfs_result:
         with self._lock:
             self.calls.append(path)
+            self.threads[path] = threading.current_thread().name
         if path == self.block:
             self.release.wait(30)
         if path not in self.table:
@@ -820,3 +822,27 @@ def test_unreadable_files_never_raise(
     assert st.state in ("unavailable", "degraded")
     assert str(proc) in st.message
     c.close()
+
+
+def test_filesystem_local_types_inline_network_types_on_workers(tmp_path: Path) -> None:
+    # Local filesystems cannot hang on a remote server: no thread hand-off for them.
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "mounts").write_text(
+        "/dev/sda1 / ext4 rw 0 0\nnfs.example.com:/export /mnt/nfs nfs4 rw 0 0\n"
+        "s3fs /mnt/bucket fuse.s3fs rw 0 0\n"
+    )
+    table = _fix_table()
+    table["/mnt/bucket"] = table["/mnt/nfs"]
+    fake = FakeStatvfs(table)
+    col = filesystem.FilesystemCollector(
+        CollectorContext(MonitoringConfig(proc_root=str(proc))), statvfs=fake
+    )
+    try:
+        col.collect()
+    finally:
+        col.close()
+    here = threading.current_thread().name
+    assert fake.threads["/"] == here
+    assert fake.threads["/mnt/nfs"] != here
+    assert fake.threads["/mnt/bucket"] != here

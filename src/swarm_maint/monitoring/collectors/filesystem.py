@@ -30,6 +30,13 @@ StatvfsFn = Callable[[str], os.statvfs_result]
 _OCTAL = re.compile(r"\\([0-7]{3})")
 _LABELS = ["device", "mountpoint", "fstype"]
 _MAX_WORKERS = 256  # one outstanding call per mount point, so this is only a backstop
+# Disk and memory filesystems answer statfs from in-memory counters and cannot hang on a
+# remote server, so they are read inline; every other type (NFS, CIFS, FUSE, Ceph,
+# Lustre, and anything unknown) goes through a worker thread with the timeout.
+LOCAL_FSTYPES = frozenset({
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "vfat", "exfat", "ntfs3",
+    "tmpfs", "ramfs", "devtmpfs", "jfs", "reiserfs", "bcachefs",
+})
 
 
 def _unescape(field: str) -> str:
@@ -143,6 +150,7 @@ class FilesystemCollector:
         self._exclude_fstypes = frozenset(cfg.exclude_fstypes)
         self._exclude_mountpoints = re.compile(cfg.exclude_mountpoints)
         self._timeout = cfg.statvfs_timeout
+        self._statvfs = statvfs
         self._workers = _Workers(statvfs)
         self._pending: dict[str, _Call] = {}  # mount point -> call that has not answered
         self._status = CollectorStatus()
@@ -168,7 +176,14 @@ class FilesystemCollector:
                 del self._pending[mp]
             call = _Call(mp)
             calls[mp] = call
-            self._workers.submit(call)
+            if mounts[mp].fstype in LOCAL_FSTYPES:
+                try:
+                    call.result = self._statvfs(mp)
+                except OSError as exc:
+                    call.error = exc
+                call.done.set()
+            else:
+                self._workers.submit(call)
 
         deadline = time.monotonic() + self._timeout
         for call in calls.values():
