@@ -1,0 +1,1 @@
+"""The backup engine: content-defined chunks, packs, index, snapshots, on any Storage."""

@@ -1,0 +1,280 @@
+"""A repository: config, keys, packs, index files and snapshots on a write-once Storage.
+
+Write order gives crash safety: a pack is durable before an index file names it, and an
+index file is durable before a snapshot refers to what it lists. A crash leaves at most
+packs no index names yet; ``recover_unindexed_packs`` adopts them from their own headers,
+so the next backup reuses every blob that reached the disk.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import blake3
+from pyfastcdc import FastCDC
+
+from .crypto import Crypto, MasterKey, unwrap_key, wrap_key
+from .errors import (
+    DamagedObjectError,
+    RepositoryError,
+    RepositoryExistsError,
+    RepositoryNotFoundError,
+    WrongPasswordError,
+)
+from .index import Index, decode_index, encode_index, index_name
+from .packs import PackEntry, PackWriter, blob_aad, compress_if_worth_it, decode_blob, pack_name
+from .packs import read_header as read_pack_header
+from .storage import Storage
+
+__all__ = ["ChunkerParams", "Repository"]
+
+PACK_TARGET = 16 << 20  # bytes of sealed blobs per pack before it is written
+INDEX_EVERY = 16  # packs; bounds what a crash can leave unindexed
+
+
+@dataclass(frozen=True)
+class ChunkerParams:
+    min_size: int = 512 << 10
+    avg_size: int = 1 << 20
+    max_size: int = 8 << 20
+
+
+class Repository:
+    def __init__(self, storage: Storage, key: MasterKey, config: dict[str, Any]) -> None:
+        self.storage = storage
+        self.key = key
+        self.crypto = Crypto(key)
+        self.config = config
+        self.id: str = config["id"]
+        ch = config["chunker"]
+        self.chunker_params = ChunkerParams(int(ch["min_size"]), int(ch["avg_size"]),
+                                            int(ch["max_size"]))
+        self.index = Index()
+        self._lock = threading.Lock()
+        self._pending: set[bytes] = set()
+        self._writer = PackWriter(self.crypto)
+        self._unindexed: dict[bytes, list[PackEntry]] = {}
+        self._index_lock = threading.Lock()
+        self.bytes_added = 0  # sealed bytes this session wrote into packs
+
+    # -- creation and opening ---------------------------------------------------------
+
+    @classmethod
+    def init(cls, storage: Storage, password: str,
+             chunker: ChunkerParams | None = None) -> Repository:
+        if storage.exists("config"):
+            raise RepositoryExistsError(f"{storage.location()}: a repository already exists")
+        if not password:
+            raise RepositoryError("refusing an empty password")
+        key = MasterKey.generate()
+        ch = chunker or ChunkerParams()
+        config: dict[str, Any] = {
+            "version": 1,
+            "id": secrets.token_hex(32),
+            "created": time.time(),
+            "chunker": {"algorithm": "fastcdc2020", "min_size": ch.min_size,
+                        "avg_size": ch.avg_size, "max_size": ch.max_size},
+            "blob_id": "blake3-keyed",
+            "encryption": "aes-256-gcm",
+            "compression": "zstd",
+        }
+        body = json.dumps(config, sort_keys=True).encode()
+        config["mac"] = Crypto(key).mac(body)
+        # key first: a config without a key would be a repository nobody can open
+        key_raw = wrap_key(key, password)
+        storage.write(f"keys/{blake3.blake3(key_raw).hexdigest()}", key_raw)
+        storage.write("config", json.dumps(config, sort_keys=True, indent=1).encode())
+        return cls(storage, key, config)
+
+    @classmethod
+    def open(cls, storage: Storage, password: str) -> Repository:
+        try:
+            raw = storage.read("config")
+        except FileNotFoundError:
+            raise RepositoryNotFoundError(
+                f"{storage.location()}: no repository here (run `swarm-maint backup init`)"
+            ) from None
+        try:
+            config = json.loads(raw)
+            mac = config.pop("mac")
+        except (ValueError, KeyError, TypeError):
+            raise DamagedObjectError("config: not a swarm-maint repository config",
+                                     "config") from None
+        key = None
+        for name in storage.list("keys/"):
+            try:
+                key = unwrap_key(storage.read(name), password)
+                break
+            except WrongPasswordError:
+                continue
+            except DamagedObjectError:
+                continue  # one damaged key object must not hide the others
+        if key is None:
+            raise WrongPasswordError(
+                f"{storage.location()}: wrong password (no key of this repository opens with it)"
+            )
+        body = json.dumps(config, sort_keys=True).encode()
+        if not secrets.compare_digest(Crypto(key).mac(body), str(mac)):
+            raise DamagedObjectError("config: authentication failed (tampered)", "config")
+        repo = cls(storage, key, config)
+        repo.load_index()
+        return repo
+
+    def add_password(self, password: str) -> str:
+        if not password:
+            raise RepositoryError("refusing an empty password")
+        raw = wrap_key(self.key, password)
+        name = f"keys/{blake3.blake3(raw).hexdigest()}"
+        self.storage.write(name, raw)
+        return name
+
+    # -- index --------------------------------------------------------------------------
+
+    def load_index(self) -> list[str]:
+        """Read every index file; returns the names of damaged ones (skipped)."""
+        self.index = Index()
+        superseded: set[str] = set()
+        decoded: dict[str, dict[bytes, list[PackEntry]]] = {}
+        damaged = []
+        for name in self.storage.list("index/"):
+            try:
+                sup, packs = decode_index(self.crypto, self.storage.read(name), name)
+            except (DamagedObjectError, FileNotFoundError):
+                damaged.append(name)
+                continue
+            superseded.update(index_name(s) for s in sup)
+            decoded[name] = packs
+        for name, packs in decoded.items():
+            if name in superseded:
+                continue
+            for pack_id, entries in packs.items():
+                self.index.add_pack(pack_id, entries, name)
+        return damaged
+
+    def recover_unindexed_packs(self) -> int:
+        """Adopt packs that a crash left without an index file; returns how many."""
+        known = {pack_name(p) for p in self.index.packs}
+        found: dict[bytes, list[PackEntry]] = {}
+        for name in self.storage.list("packs/"):
+            if name in known:
+                continue
+            try:
+                entries = read_pack_header(self.crypto, self.storage, name,
+                                           self.storage.size(name))
+            except (DamagedObjectError, FileNotFoundError, OSError):
+                continue  # verify reports it; a damaged orphan adds nothing
+            found[bytes.fromhex(name.rsplit("/", 1)[1])] = entries
+        if found:
+            for pack_id, entries in found.items():
+                self.index.add_pack(pack_id, entries, None)
+            self._write_index(found)
+        return len(found)
+
+    def _write_index(self, packs: dict[bytes, list[PackEntry]],
+                     supersedes: Iterable[bytes] = ()) -> str:
+        index_id, sealed = encode_index(self.crypto, packs, supersedes)
+        name = index_name(index_id)
+        self.storage.write(name, sealed)
+        for pack_id, entries in packs.items():
+            self.index.add_pack(pack_id, entries, name)
+        return name
+
+    # -- blobs --------------------------------------------------------------------------
+
+    def new_chunker(self) -> FastCDC:
+        p = self.chunker_params
+        return FastCDC(p.avg_size, min_size=p.min_size, max_size=p.max_size,
+                       seed=self.key.chunker_seed)
+
+    def blob_id(self, data: bytes | memoryview) -> bytes:
+        return self.crypto.blob_id(data)
+
+    def has_blob(self, blob_id: bytes) -> bool:
+        return blob_id in self.index or blob_id in self._pending
+
+    def add_blob(self, kind: int, data: bytes | memoryview,
+                 blob_id: bytes | None = None) -> tuple[bytes, int]:
+        """Store ``data`` unless the repository has it; returns (id, sealed bytes added).
+
+        Safe from several threads: compression and encryption run outside the lock.
+        """
+        bid = blob_id if blob_id is not None else self.crypto.blob_id(data)
+        with self._lock:
+            if bid in self.index or bid in self._pending:
+                return bid, 0
+            self._pending.add(bid)
+        compression, payload = compress_if_worth_it(data)
+        sealed = self.crypto.seal(payload, blob_aad(kind, bid))
+        full: PackWriter | None = None
+        with self._lock:
+            self._writer.add(kind, bid, compression, sealed, len(data))
+            self.bytes_added += len(sealed)
+            if len(self._writer) >= PACK_TARGET:
+                full, self._writer = self._writer, PackWriter(self.crypto)
+        if full is not None:
+            self._store_pack(full)
+        return bid, len(sealed)
+
+    def _store_pack(self, writer: PackWriter) -> None:
+        entries = list(writer.entries)
+        pack_id, data = writer.finish()
+        self.storage.write(pack_name(pack_id), data)
+        write_now: dict[bytes, list[PackEntry]] | None = None
+        with self._lock:
+            self.index.add_pack(pack_id, entries, None)
+            self._pending.difference_update(e.id for e in entries)
+            self._unindexed[pack_id] = entries
+            if len(self._unindexed) >= INDEX_EVERY:
+                write_now, self._unindexed = self._unindexed, {}
+        if write_now:
+            with self._index_lock:
+                self._write_index(write_now)
+
+    def flush(self) -> None:
+        """Write the open pack and an index file for every pack not yet indexed."""
+        with self._lock:
+            writer, self._writer = self._writer, PackWriter(self.crypto)
+        if writer.entries:
+            self._store_pack(writer)
+        with self._lock:
+            rest, self._unindexed = self._unindexed, {}
+        if rest:
+            with self._index_lock:
+                self._write_index(rest)
+
+    def load_blob(self, blob_id: bytes) -> bytes:
+        loc = self.index.get(blob_id)
+        if loc is None:
+            raise DamagedObjectError(f"blob {blob_id.hex()} is not in the index", blob_id.hex())
+        name = pack_name(loc.pack_id)
+        try:
+            sealed = self.storage.read_range(name, loc.entry.offset, loc.entry.length)
+        except FileNotFoundError:
+            raise DamagedObjectError(f"{name}: pack missing (needed for blob "
+                                     f"{blob_id.hex()})", name) from None
+        return decode_blob(self.crypto, loc.entry, sealed, f"{name} blob {blob_id.hex()[:16]}")
+
+    # -- JSON objects (snapshots) ---------------------------------------------------------
+
+    def save_object(self, kind: str, obj: dict[str, Any]) -> str:
+        sealed = self.crypto.seal(json.dumps(obj, sort_keys=True).encode(), kind.encode())
+        oid = blake3.blake3(sealed).hexdigest()
+        self.storage.write(f"{kind}/{oid}", sealed)
+        return oid
+
+    def load_object(self, kind: str, oid: str) -> dict[str, Any]:
+        name = f"{kind}/{oid}"
+        sealed = self.storage.read(name)
+        if blake3.blake3(sealed).hexdigest() != oid:
+            raise DamagedObjectError(f"{name}: content does not match its name", name)
+        obj: dict[str, Any] = json.loads(self.crypto.open(sealed, kind.encode(), name))
+        return obj
+
+    def list_objects(self, kind: str) -> list[str]:
+        return [n.split("/", 1)[1] for n in self.storage.list(f"{kind}/")]

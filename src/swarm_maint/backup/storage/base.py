@@ -1,0 +1,56 @@
+"""The ``Storage`` protocol: a flat namespace of write-once objects.
+
+Names are relative paths of lowercase hex/ASCII segments (``packs/ab/ab12…``,
+``snapshots/…``). Objects are never modified in place: they are written whole, read,
+listed and deleted, which object stores (S3) offer as well as local disks.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+__all__ = ["Storage", "check_name"]
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*(/[a-z0-9][a-z0-9_.-]*)*")
+
+
+def check_name(name: str) -> str:
+    """Reject anything but plain relative names: no '..', no absolute paths, no oddities."""
+    if not _NAME.fullmatch(name) or ".." in name.split("/"):
+        raise ValueError(f"invalid object name {name!r}")
+    return name
+
+
+class Storage(Protocol):
+    """Where a repository lives. Every method is safe to call from several threads."""
+
+    def location(self) -> str:
+        """A human-readable location (path or URL) for messages."""
+        ...
+
+    def write(self, name: str, data: bytes | memoryview) -> None:
+        """Store ``data`` under ``name`` atomically and durably (all or nothing)."""
+        ...
+
+    def read(self, name: str) -> bytes:
+        """The whole object; FileNotFoundError when absent."""
+        ...
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``; fewer only at the end of the object."""
+        ...
+
+    def size(self, name: str) -> int:
+        ...
+
+    def exists(self, name: str) -> bool:
+        ...
+
+    def list(self, prefix: str) -> list[str]:
+        """Names of the objects whose name starts with ``prefix`` (e.g. ``"index/"``)."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Remove the object; absent objects are not an error."""
+        ...
