@@ -9,7 +9,7 @@ import typer
 
 from .. import __version__
 from ..errors import SwarmMaintError
-from . import agent_cmd, config_cmd, status_cmd
+from . import agent_cmd, backup_cmd, config_cmd, status_cmd
 
 app = typer.Typer(
     name="swarm-maint",
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.command("agent")(agent_cmd.agent)
 app.command("status")(status_cmd.status)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(backup_cmd.app, name="backup")
 
 _debug = False
 

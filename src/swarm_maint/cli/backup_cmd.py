@@ -1,0 +1,377 @@
+"""``swarm-maint backup …``: thin commands over swarm_maint.backup."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from ..errors import UsageError
+from .common import ConfigOption, JsonOption, effective_config, print_json
+
+app = typer.Typer(help="Deduplicated, encrypted backups.", no_args_is_help=True)
+key_app = typer.Typer(help="Passwords that open a repository.", no_args_is_help=True)
+app.add_typer(key_app, name="key")
+
+RepoOption = Annotated[
+    str, typer.Option("--repo", "-r", help="Repository: a path (s3:// and http:// later).")
+]
+PasswordFileOption = Annotated[
+    Path | None,
+    typer.Option("--password-file", help="File whose first line is the password "
+                 "(default: $SWARM_MAINT_PASSWORD).", dir_okay=False),
+]
+
+
+def read_password(password_file: Path | None, *, confirm: bool = False) -> str:
+    if password_file is not None:
+        try:
+            text = password_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--password-file {password_file}: {exc.strerror}") from None
+        pw = text.splitlines()[0] if text else ""
+        if not pw:
+            raise UsageError(f"--password-file {password_file}: the file is empty")
+        return pw
+    env = os.environ.get("SWARM_MAINT_PASSWORD")
+    if env:
+        return env
+    if sys.stdin.isatty():
+        pw = getpass.getpass("repository password: ")
+        if confirm and getpass.getpass("again: ") != pw:
+            raise UsageError("the passwords differ")
+        if pw:
+            return pw
+    raise UsageError("no password: set SWARM_MAINT_PASSWORD or give --password-file")
+
+
+def _open(repo: str, password_file: Path | None) -> Any:
+    from ..backup.repository import Repository
+    from ..backup.storage import open_storage
+
+    return Repository.open(open_storage(repo), read_password(password_file))
+
+
+@contextlib.contextmanager
+def _locked(repo: Any, exclusive: bool) -> Iterator[None]:
+    from ..backup.locks import lock_repository
+
+    lock = lock_repository(repo.storage, exclusive)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class _Bar:
+    """Rich progress with bytes/s and ETA on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool, label: str) -> None:
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._label = label
+        if enabled and sys.stderr.isatty():
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TimeRemainingColumn(),
+                console=Console(stderr=True), transient=True,
+            )
+
+    def __enter__(self) -> _Bar:
+        if self._progress is not None:
+            self._progress.start()
+            self._task = self._progress.add_task(self._label, total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def on_start(self, total_files: int, total_bytes: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, total=total_bytes)
+
+    def on_file(self, path: str) -> None:
+        pass
+
+    def on_bytes(self, n: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def on_error(self, path: str, msg: str) -> None:
+        Console(stderr=True).print(f"[yellow]warning[/]: {path}: {msg}", highlight=False)
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command("init")
+def init(repo: RepoOption, password_file: PasswordFileOption = None,
+         json_out: JsonOption = False) -> None:
+    """Create a new, empty, encrypted repository."""
+    from ..backup.repository import Repository
+    from ..backup.storage import open_storage
+
+    r = Repository.init(open_storage(repo), read_password(password_file, confirm=True))
+    if json_out:
+        print_json({"repository": r.id, "location": r.storage.location()})
+    else:
+        typer.echo(f"created repository {r.id[:16]} at {r.storage.location()}")
+
+
+@app.command("run")
+def run(
+    paths: Annotated[list[Path], typer.Argument(help="Files and directories to back up.")],
+    repo: RepoOption,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag the snapshot.")] = None,
+    exclude: Annotated[list[str] | None,
+                       typer.Option("--exclude", help="Glob of paths to leave out.")] = None,
+    one_file_system: Annotated[bool, typer.Option(
+        "--one-file-system", help="Do not cross into other filesystems.")] = False,
+    password_file: PasswordFileOption = None,
+    config: ConfigOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Back up PATHs as a new snapshot (incremental: unchanged data is not stored again)."""
+    from ..backup.backup import run_backup
+    from ..backup.files_cache import FilesCache
+
+    cfg = effective_config(config)
+    r = _open(repo, password_file)
+    missing = [str(p) for p in paths if not os.path.lexists(p)]
+    if missing:
+        raise UsageError(f"no such file or directory: {', '.join(missing)}")
+    cache_path = cfg.agent.resolved_state_dir() / "cache" / r.id[:32] / "files.db"
+    with _locked(r, exclusive=False):
+        r.recover_unindexed_packs()
+        cache = FilesCache(cache_path)
+        try:
+            with _Bar(not json_out, "backup") as bar:
+                res = run_backup(r, [str(Path(p).absolute()) for p in paths], tags=tag or [],
+                                 excludes=exclude or [], one_file_system=one_file_system,
+                                 files_cache=cache, progress=bar)
+        finally:
+            cache.close()
+    out = {"snapshot": res.snapshot_id, "files": res.files, "bytes": res.bytes,
+           "added_bytes": res.added_bytes, "seconds": round(res.seconds, 3),
+           "partial": res.partial, "errors": [{"path": p, "error": e} for p, e in res.errors]}
+    if json_out:
+        print_json(out)
+    else:
+        state = " (PARTIAL: some files could not be read)" if res.partial else ""
+        typer.echo(f"snapshot {res.snapshot_id[:16]} saved{state}: {res.files} files, "
+                   f"{res.bytes / 2**20:.1f} MiB, {res.added_bytes / 2**20:.1f} MiB added "
+                   f"in {res.seconds:.1f} s")
+    if res.partial:
+        raise typer.Exit(3)
+
+
+@app.command("snapshots")
+def snapshots(repo: RepoOption, password_file: PasswordFileOption = None,
+              json_out: JsonOption = False) -> None:
+    """List the snapshots, oldest first."""
+    from ..backup.snapshots import list_snapshots
+
+    r = _open(repo, password_file)
+    snaps = list_snapshots(r)
+    if json_out:
+        print_json([{"id": sid, **obj} for sid, obj in snaps])
+        return
+    t = Table()
+    for col in ("id", "time", "host", "tags", "paths", "files", "size", "partial"):
+        t.add_column(col)
+    for sid, obj in snaps:
+        s = obj.get("summary", {})
+        t.add_row(sid[:12], _when(obj["time"]), obj.get("hostname", ""),
+                  ",".join(obj.get("tags", [])), "\n".join(obj.get("paths", [])),
+                  str(s.get("files", "")), f"{s.get('bytes', 0) / 2**20:.1f} MiB",
+                  "yes" if obj.get("partial") else "")
+    Console().print(t)
+
+
+@app.command("ls")
+def ls(snapshot: Annotated[str, typer.Argument(help="Snapshot id, prefix or 'latest'.")],
+       repo: RepoOption, password_file: PasswordFileOption = None,
+       json_out: JsonOption = False) -> None:
+    """List the files of a snapshot."""
+    from ..backup.snapshots import list_files
+
+    r = _open(repo, password_file)
+    rows = [(path, node) for path, node in list_files(r, snapshot)]
+    if json_out:
+        print_json([{"path": p, "type": n["type"], "size": n.get("size", 0),
+                     "mode": n.get("mode"), "mtime_ns": n.get("mtime_ns")} for p, n in rows])
+        return
+    for path, node in rows:
+        typer.echo(f"{node['type'][0]} {oct(node.get('mode', 0))[2:]:>4} "
+                   f"{node.get('size', 0):>12} {path}")
+
+
+@app.command("restore")
+def restore(
+    snapshot: Annotated[str, typer.Argument(help="Snapshot id, prefix or 'latest'.")],
+    repo: RepoOption,
+    target: Annotated[Path, typer.Option("--target", help="Directory to restore into.")],
+    include: Annotated[list[str] | None,
+                       typer.Option("--include", help="Restore only matching paths.")] = None,
+    password_file: PasswordFileOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Restore a snapshot into TARGET, verifying every chunk."""
+    from ..backup.restore import restore as do_restore
+    from ..backup.snapshots import find_snapshot
+
+    r = _open(repo, password_file)
+    sid, _ = find_snapshot(r, snapshot)
+    t0 = time.monotonic()
+    with _locked(r, exclusive=False), _Bar(not json_out, "restore") as bar:
+        res = do_restore(r, sid, str(target), includes=include or [], progress=bar)
+    out = {"snapshot": sid, "files": res.files, "dirs": res.dirs, "bytes": res.bytes,
+           "seconds": round(time.monotonic() - t0, 3),
+           "errors": [{"path": p, "error": e} for p, e in res.errors]}
+    if json_out:
+        print_json(out)
+    else:
+        typer.echo(f"restored {res.files} files ({res.bytes / 2**20:.1f} MiB) of snapshot "
+                   f"{sid[:16]} to {target}")
+        for p, e in res.errors:
+            typer.echo(f"error: {p}: {e}", err=True)
+    if res.errors:
+        raise typer.Exit(3)
+
+
+@app.command("diff")
+def diff(a: str, b: str, repo: RepoOption, password_file: PasswordFileOption = None,
+         json_out: JsonOption = False) -> None:
+    """What changed from snapshot A to snapshot B (+ added, - removed, M modified)."""
+    from ..backup.snapshots import diff_snapshots
+
+    r = _open(repo, password_file)
+    changes = diff_snapshots(r, a, b)
+    if json_out:
+        print_json([{"change": c, "path": p} for c, p in changes])
+    else:
+        for c, p in changes:
+            typer.echo(f"{c} {p}")
+
+
+@app.command("verify")
+def verify(
+    repo: RepoOption,
+    read_data: Annotated[bool, typer.Option("--read-data", help="Decrypt and hash all data.")]
+    = False,
+    read_data_subset: Annotated[float | None, typer.Option(
+        "--read-data-subset", help="Read this percentage of the packs (0-100].")] = None,
+    password_file: PasswordFileOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Check structure and index; with --read-data also every byte. Non-zero when damaged."""
+    from ..backup.verify import verify as do_verify
+
+    if read_data_subset is not None and not 0 < read_data_subset <= 100:
+        raise UsageError("--read-data-subset must be in (0, 100]")
+    if read_data and read_data_subset is not None:
+        raise UsageError("give --read-data or --read-data-subset, not both")
+    r = _open(repo, password_file)
+    with _locked(r, exclusive=False):
+        report = do_verify(r, read_data=read_data, read_data_subset=read_data_subset)
+    if json_out:
+        print_json(report.to_dict())
+    else:
+        for line in report.lines():
+            typer.echo(line)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("forget")
+def forget(
+    repo: RepoOption,
+    keep_last: Annotated[int, typer.Option(min=0)] = 0,
+    keep_hourly: Annotated[int, typer.Option(min=0)] = 0,
+    keep_daily: Annotated[int, typer.Option(min=0)] = 0,
+    keep_weekly: Annotated[int, typer.Option(min=0)] = 0,
+    keep_monthly: Annotated[int, typer.Option(min=0)] = 0,
+    keep_yearly: Annotated[int, typer.Option(min=0)] = 0,
+    keep_tag: Annotated[list[str] | None, typer.Option("--keep-tag")] = None,
+    prune: Annotated[bool, typer.Option("--prune", help="Reclaim space afterwards.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+    password_file: PasswordFileOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Remove snapshots outside the keep policy; --prune also frees their space."""
+    from ..backup.prune import prune as do_prune
+    from ..backup.retention import forget as do_forget
+
+    r = _open(repo, password_file)
+    with _locked(r, exclusive=True):
+        res = do_forget(r, keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
+                        keep_weekly=keep_weekly, keep_monthly=keep_monthly,
+                        keep_yearly=keep_yearly, keep_tags=keep_tag or [], dry_run=dry_run)
+        pr = do_prune(r, dry_run=dry_run) if prune else None
+    out: dict[str, Any] = {"removed": list(res.removed), "kept": [k for k, _ in res.kept]}
+    if pr is not None:
+        out["prune"] = pr.to_dict()
+    if json_out:
+        print_json(out)
+    else:
+        verb = "would remove" if dry_run else "removed"
+        typer.echo(f"{verb} {len(res.removed)} snapshot(s), kept {len(res.kept)}")
+        if pr is not None:
+            typer.echo(pr.summary())
+
+
+@app.command("prune")
+def prune(repo: RepoOption, dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+          password_file: PasswordFileOption = None, json_out: JsonOption = False) -> None:
+    """Delete data no snapshot uses; repack packs that are mostly garbage."""
+    from ..backup.prune import prune as do_prune
+
+    r = _open(repo, password_file)
+    with _locked(r, exclusive=True):
+        pr = do_prune(r, dry_run=dry_run)
+    if json_out:
+        print_json(pr.to_dict())
+    else:
+        typer.echo(pr.summary())
+
+
+@app.command("unlock")
+def unlock(repo: RepoOption, remove_all: Annotated[bool, typer.Option(
+    "--remove-all", help="Also remove locks that look alive.")] = False) -> None:
+    """Remove stale locks (dead process on this host, or expired)."""
+    from ..backup.locks import remove_all_locks, remove_stale_locks
+    from ..backup.storage import open_storage
+
+    storage = open_storage(repo)
+    n = remove_all_locks(storage) if remove_all else len(remove_stale_locks(storage))
+    typer.echo(f"removed {n} lock(s)")
+
+
+@key_app.command("add")
+def key_add(repo: RepoOption, new_password_file: Annotated[Path, typer.Option(
+    "--new-password-file", help="File holding the new password.", dir_okay=False)],
+            password_file: PasswordFileOption = None) -> None:
+    """Let another password open the repository."""
+    r = _open(repo, password_file)
+    name = r.add_password(read_password(new_password_file))
+    typer.echo(f"added {name}")
