@@ -194,12 +194,15 @@ def test_full_disk_is_a_clear_error_and_keeps_what_was_stored(tiny_fs: Path) -> 
     first = os.urandom(1 << 20)
     bid, _ = repo.add_blob(DATA, first)
     repo.flush()
-    with pytest.raises(StorageFullError, match="no space left"):
+    def fill() -> None:
         for _ in range(8):
             repo.add_blob(DATA, os.urandom(1 << 20))
             repo._store_pack(repo._writer)
             repo._writer = PackWriter(repo.crypto)
-    leftovers = [p for p in (tiny_fs / "r").rglob(".tmp-*")]
+
+    with pytest.raises(StorageFullError, match="no space left"):
+        fill()
+    leftovers = list((tiny_fs / "r").rglob(".tmp-*"))
     assert leftovers == []
     again = Repository.open(LocalStorage(tiny_fs / "r"), "correct horse")
     assert again.load_blob(bid) == first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -39,10 +40,8 @@ class LocalStorage:
                 os.close(fd)
             os.replace(tmp, path)
         except OSError as exc:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-            except FileNotFoundError:
-                pass
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFullError(
                     f"{self.root}: no space left writing {name}; nothing was overwritten"
@@ -82,7 +81,5 @@ class LocalStorage:
         return sorted(out)
 
     def delete(self, name: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self._path(name).unlink()
-        except FileNotFoundError:
-            pass
