@@ -46,7 +46,7 @@ def _root(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line on stderr and the error's exit code for every SwarmMaintError."""
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except SwarmMaintError as exc:
         if _debug:
             raise
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    # in non-standalone mode a command's typer.Exit(n) comes back as the return value
+    return rv if isinstance(rv, int) else 0
 
 
 def run() -> None:

@@ -1,0 +1,259 @@
+"""prune() on a real LocalStorage repository: sweep, repack, grace period, crash safety."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from swarm_maint.backup.errors import DamagedObjectError
+from swarm_maint.backup.packs import pack_name
+from swarm_maint.backup.prune import prune
+from swarm_maint.backup.repository import Repository
+from swarm_maint.backup.retention import forget
+from swarm_maint.backup.storage.local import LocalStorage
+from swarm_maint.backup.verify import verify
+from tests.backup.test_verify import (
+    CHUNK,
+    PASSWORD,
+    add_snapshot,
+    all_snapshot_blobs,
+    file_blobs,
+    flip_byte,
+    new_repo,
+    reopen,
+    write_orphan_pack,
+)
+
+
+def tree_state(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def stored_bytes(repo: Repository) -> int:
+    return sum(repo.storage.size(n) for n in repo.storage.list("packs/"))
+
+
+def root_of(repo: Repository) -> Path:
+    assert isinstance(repo.storage, LocalStorage)
+    return repo.storage.root
+
+
+def assert_restorable(repo: Repository, sid: str) -> None:
+    fresh = reopen(repo)
+    for bid in all_snapshot_blobs(fresh, sid):
+        fresh.load_blob(bid)
+    report = verify(fresh, read_data=True)
+    assert report.ok, report.lines()
+
+
+def two_snapshots(repo: Repository) -> tuple[str, str]:
+    old = add_snapshot(repo, {"a.bin": os.urandom(8 * CHUNK), "d": {"x": os.urandom(CHUNK)}},
+                       when=time.time() - 7200)
+    new = add_snapshot(repo, {"b.bin": os.urandom(4 * CHUNK)})
+    return old, new
+
+
+def test_forget_then_prune_frees_space(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    _, new = two_snapshots(repo)
+    forget(repo, keep_last=1)
+    assert repo.list_objects("snapshots") == [new]
+
+    before = tree_state(root_of(repo))
+    dry = prune(repo, dry_run=True)
+    assert tree_state(root_of(repo)) == before  # a dry run changes nothing
+    assert dry.dry_run
+    assert dry.packs_deleted == 2  # the old snapshot's data pack and tree pack
+    assert dry.bytes_freed > 8 * CHUNK
+
+    size_before = stored_bytes(repo)
+    res = prune(repo)
+    assert res.packs_deleted == 2
+    assert res.packs_repacked == 0
+    assert res.packs_kept == 2
+    assert res.index_files_replaced == 4
+    assert res.bytes_freed == size_before - stored_bytes(repo) > 8 * CHUNK
+    assert res.blobs_kept == len(set(all_snapshot_blobs(repo, new)))
+    assert len(repo.storage.list("index/")) == 1
+    assert "free" in res.summary()
+    assert res.to_dict()["packs_deleted"] == 2
+    assert_restorable(repo, new)
+    assert not verify(reopen(repo)).warnings
+
+    again = prune(reopen(repo))  # nothing left to do
+    assert again.packs_deleted == again.packs_repacked == 0
+    assert len(repo.storage.list("index/")) == 1
+
+
+def test_repacks_a_half_used_pack(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    shared = os.urandom(CHUNK)
+    old = add_snapshot(repo, {"shared": shared, "big": os.urandom(6 * CHUNK)})
+    new = add_snapshot(repo, {"shared": shared, "c": os.urandom(2 * CHUNK)})
+    shared_id = file_blobs(repo, new, "/shared")[0]
+    loc = repo.index.get(shared_id)
+    assert loc is not None
+    mixed_pack = pack_name(loc.pack_id)
+    forget(repo, keep_last=1)
+
+    kept = prune(repo, repack_threshold=0.0, dry_run=True)
+    assert kept.packs_repacked == 0
+
+    res = prune(repo)
+    assert res.packs_repacked == 1
+    assert res.packs_written == 1
+    assert res.packs_deleted == 1  # the old snapshot's tree pack
+    assert res.blobs_removed == 6 + 1  # big's chunks, the old root tree
+    assert not repo.storage.exists(mixed_pack)
+    new_loc = repo.index.get(shared_id)
+    assert new_loc is not None
+    assert new_loc.pack_id != loc.pack_id
+    assert repo.load_blob(shared_id) == shared
+    assert_restorable(repo, new)
+    assert old not in repo.list_objects("snapshots")
+
+
+def test_grace_period_for_unreferenced_packs(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    _, new = two_snapshots(repo)
+    orphan = write_orphan_pack(repo)
+
+    res = prune(repo)
+    assert res.unreferenced_kept == 1
+    assert res.unreferenced_deleted == 0
+    assert repo.storage.exists(orphan)
+
+    # an injected clock two hours ahead makes it old
+    dry = prune(repo, clock=lambda: time.time() + 7200, dry_run=True)
+    assert dry.unreferenced_deleted == 1
+    assert repo.storage.exists(orphan)
+
+    hours_ago = time.time() - 7200
+    os.utime(root_of(repo) / orphan, (hours_ago, hours_ago))
+    res = prune(repo)
+    assert res.unreferenced_deleted == 1
+    assert orphan in res.deleted_packs
+    assert not repo.storage.exists(orphan)
+    assert_restorable(repo, new)
+
+
+class CrashingStorage(LocalStorage):
+    """Dies (raises) at the n-th delete, or when writing an index file if asked to."""
+
+    def __init__(self, root: Path, die_at_delete: int | None = None,
+                 die_on_index_write: bool = False) -> None:
+        super().__init__(root)
+        self.deletes = 0
+        self.die_at_delete = die_at_delete
+        self.die_on_index_write = die_on_index_write
+
+    def delete(self, name: str) -> None:
+        if self.die_at_delete is not None and self.deletes == self.die_at_delete:
+            raise OSError(f"simulated crash deleting {name}")
+        self.deletes += 1
+        super().delete(name)
+
+    def write(self, name: str, data: bytes | memoryview) -> None:
+        if self.die_on_index_write and name.startswith("index/"):
+            raise OSError(f"simulated crash writing {name}")
+        super().write(name, data)
+
+
+def _crash_setup(tmp_path: Path) -> tuple[Path, str]:
+    repo = new_repo(tmp_path)
+    shared = os.urandom(CHUNK)
+    add_snapshot(repo, {"shared": shared, "big": os.urandom(6 * CHUNK)},
+                 when=time.time() - 7200)
+    new = add_snapshot(repo, {"shared": shared, "c": os.urandom(2 * CHUNK)})
+    forget(repo, keep_last=1)
+    return root_of(repo), new
+
+
+@pytest.mark.parametrize("die_at", list(range(8)))
+def test_crash_during_deletions_keeps_snapshots_restorable(tmp_path: Path,
+                                                           die_at: int) -> None:
+    root, new = _crash_setup(tmp_path)
+    storage = CrashingStorage(root, die_at_delete=die_at)
+    repo = Repository.open(storage, PASSWORD)
+    try:
+        prune(repo)
+        crashed = False
+    except OSError:
+        crashed = True
+    assert crashed == (die_at < 6)  # 4 index files, then 2 packs
+    plain = Repository.open(LocalStorage(root), PASSWORD)
+    assert_restorable(plain, new)
+    # the next prune finishes the job (grace 0: the packs left behind are garbage)
+    res = prune(plain, grace_seconds=0)
+    assert res.packs_repacked == 0
+    assert_restorable(plain, new)
+    final = verify(reopen(plain), read_data=True)
+    assert final.ok
+    assert not final.warnings
+    assert len(plain.storage.list("index/")) == 1
+
+
+def test_crash_before_new_index_keeps_snapshots_restorable(tmp_path: Path) -> None:
+    root, new = _crash_setup(tmp_path)
+    before_index = sorted(os.listdir(root / "index"))
+    repo = Repository.open(CrashingStorage(root, die_on_index_write=True), PASSWORD)
+    with pytest.raises(OSError, match="simulated crash"):
+        prune(repo)
+    assert sorted(os.listdir(root / "index")) == before_index
+    plain = Repository.open(LocalStorage(root), PASSWORD)
+    assert_restorable(plain, new)
+    report = verify(plain)
+    assert len(report.unreferenced_packs) == 1  # the new pack of the repack
+    res = prune(plain)
+    assert res.unreferenced_kept == 1  # young: left for a backup to adopt
+    assert_restorable(plain, new)
+
+
+def test_unreadable_snapshot_aborts_before_deleting(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    old, new = two_snapshots(repo)
+    repo.storage.delete(f"snapshots/{old}")  # its packs are garbage now...
+    flip_byte(root_of(repo) / f"snapshots/{new}", 40)  # ...but the mark phase is incomplete
+    before = tree_state(root_of(repo))
+    with pytest.raises(DamagedObjectError, match="prune aborted"):
+        prune(reopen(repo))
+    assert tree_state(root_of(repo)) == before
+
+
+def test_missing_tree_or_blob_aborts(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    _, new = two_snapshots(repo)
+    blob = file_blobs(repo, new, "/b.bin")[0]
+    loc = repo.index.get(blob)
+    assert loc is not None
+    (root_of(repo) / pack_name(loc.pack_id)).unlink()
+    before = tree_state(root_of(repo))
+    with pytest.raises(DamagedObjectError, match="prune aborted"):
+        prune(reopen(repo))
+    assert tree_state(root_of(repo)) == before
+
+
+def test_damaged_index_refuses(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    two_snapshots(repo)
+    name = repo.storage.list("index/")[0]
+    flip_byte(root_of(repo) / name, 25)
+    before = tree_state(root_of(repo))
+    with pytest.raises(DamagedObjectError, match="index file"):
+        prune(reopen(repo))
+    assert tree_state(root_of(repo)) == before
+
+
+def test_nothing_to_do_changes_nothing(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    _, new = two_snapshots(repo)
+    before = tree_state(root_of(repo))
+    res = prune(repo)
+    assert res.packs_deleted == res.packs_repacked == res.bytes_freed == 0
+    assert res.snapshots == 2
+    assert tree_state(root_of(repo)) == before
+    assert_restorable(repo, new)
