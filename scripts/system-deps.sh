@@ -8,6 +8,9 @@ command -v gcc >/dev/null || need+=(gcc)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporter)
+command -v restic >/dev/null || need+=(restic)
+command -v borg >/dev/null || need+=(borgbackup)
+[[ -x /usr/bin/time ]] || need+=(time)
 
 if ((${#need[@]} == 0)); then
   exit 0
