@@ -30,7 +30,9 @@ from .errors import ConfigError
 
 __all__ = [
     "AgentConfig",
+    "BackupConfig",
     "Config",
+    "ConfigSnapshotsConfig",
     "DiskConfig",
     "Duration",
     "FilesystemConfig",
@@ -261,10 +263,38 @@ class MonitoringConfig(_Section):
         return "collectors" in self.model_fields_set
 
 
+class ConfigSnapshotsConfig(_Section):
+    repo: str = Field(
+        "",
+        description="Repository of configuration snapshots; empty means "
+        "<state_dir>/config-snapshots.",
+    )
+    password_file: str = Field(
+        "",
+        description="Password file of that repository; empty means "
+        "<state_dir>/config-snapshots.pass, created with a random password (mode 0600).",
+    )
+    paths: list[str] = Field(
+        default_factory=lambda: [
+            "/etc", "~/.kube", "~/ray_bootstrap_config.yaml", "/var/lib/kubelet/config.yaml",
+        ],
+        description="System and workload configuration to snapshot; paths that do not "
+        "exist are skipped. The agent's own config file is always added.",
+    )
+
+
+class BackupConfig(_Section):
+    config_snapshots: ConfigSnapshotsConfig = Field(
+        default_factory=ConfigSnapshotsConfig, description="Configuration snapshots."
+    )
+
+
 class Config(_Section):
     agent: AgentConfig = Field(default_factory=AgentConfig, description="The node agent.")
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig,
                                          description="Metric collection and history.")
+    backup: BackupConfig = Field(default_factory=BackupConfig,
+                                 description="Backups and configuration snapshots.")
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

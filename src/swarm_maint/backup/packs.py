@@ -12,6 +12,7 @@ pack's name is the unkeyed BLAKE3 of its bytes, so storage damage is found witho
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 
 import blake3
@@ -67,6 +68,20 @@ def blob_aad(kind: int, blob_id: bytes) -> bytes:
     return b"B" + bytes([kind]) + blob_id
 
 
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    """One compressor per thread and level: building one costs more than a small blob."""
+    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "zstd", None)
+    if cache is None:
+        cache = _local.zstd = {}
+    comp = cache.get(level)
+    if comp is None:
+        comp = cache[level] = zstandard.ZstdCompressor(level=level)
+    return comp
+
+
 def compress_if_worth_it(
     data: bytes | memoryview, level: int = 3
 ) -> tuple[int, bytes | memoryview]:
@@ -76,10 +91,10 @@ def compress_if_worth_it(
     if n < 64:
         return COMPRESSION_NONE, data
     if n > 2 * _SAMPLE:
-        probe = zstandard.ZstdCompressor(level=1).compress(memoryview(data)[:_SAMPLE])
+        probe = _compressor(1).compress(memoryview(data)[:_SAMPLE])
         if len(probe) > 0.92 * _SAMPLE:
             return COMPRESSION_NONE, data
-    packed = zstandard.ZstdCompressor(level=level).compress(data)
+    packed = _compressor(level).compress(data)
     if len(packed) >= 0.97 * n:
         return COMPRESSION_NONE, data
     return COMPRESSION_ZSTD, packed

@@ -173,10 +173,12 @@ def run(
             cache.close()
     out = {"snapshot": res.snapshot_id, "files": res.files, "bytes": res.bytes,
            "added_bytes": res.added_bytes, "seconds": round(res.seconds, 3),
-           "partial": res.partial, "errors": [{"path": p, "error": e} for p, e in res.errors]}
+           "partial": res.partial, "errors": res.errors}
     if json_out:
         print_json(out)
     else:
+        for e in res.errors:
+            typer.echo(f"warning: {e['path']}: {e['error']}", err=True)
         state = " (PARTIAL: some files could not be read)" if res.partial else ""
         typer.echo(f"snapshot {res.snapshot_id[:16]} saved{state}: {res.files} files, "
                    f"{res.bytes / 2**20:.1f} MiB, {res.added_bytes / 2**20:.1f} MiB added "
@@ -247,14 +249,14 @@ def restore(
         res = do_restore(r, sid, str(target), includes=include or [], progress=bar)
     out = {"snapshot": sid, "files": res.files, "dirs": res.dirs, "bytes": res.bytes,
            "seconds": round(time.monotonic() - t0, 3),
-           "errors": [{"path": p, "error": e} for p, e in res.errors]}
+           "errors": res.errors}
     if json_out:
         print_json(out)
     else:
         typer.echo(f"restored {res.files} files ({res.bytes / 2**20:.1f} MiB) of snapshot "
                    f"{sid[:16]} to {target}")
-        for p, e in res.errors:
-            typer.echo(f"error: {p}: {e}", err=True)
+        for e in res.errors:
+            typer.echo(f"error: {e['path']}: {e['error']}", err=True)
     if res.errors:
         raise typer.Exit(3)
 
