@@ -137,8 +137,8 @@ class PackWriter:
         self.entries.append(entry)
         return entry
 
-    def finish(self) -> tuple[bytes, bytes]:
-        """(pack id, pack bytes) with the header appended."""
+    def finish(self) -> tuple[bytes, bytearray]:
+        """(pack id, pack bytes) with the header appended (the buffer itself: no copy)."""
         header = bytearray(_MAGIC)
         header += struct.pack("<BI", _VERSION, len(self.entries))
         for e in self.entries:
@@ -146,8 +146,7 @@ class PackWriter:
         sealed = self._crypto.seal(bytes(header), _HEADER_AAD)
         self._buf += sealed
         self._buf += struct.pack("<I", len(sealed))
-        data = bytes(self._buf)
-        self._buf = bytearray()
+        data, self._buf = self._buf, bytearray()
         return blake3.blake3(data).digest(), data
 
 

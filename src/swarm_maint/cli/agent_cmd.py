@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from ..agent import Agent
 from .common import ConfigOption, effective_config
 
 
@@ -24,6 +23,8 @@ def agent(
     ] = None,
 ) -> None:
     """Run the node agent until SIGTERM or Ctrl-C."""
+    from ..agent import Agent  # imported here: FastAPI is slow to import for other commands
+
     cfg = effective_config(config)
     logging.basicConfig(
         level=cfg.agent.log_level.upper(),

@@ -5,16 +5,11 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from ..config import Config, parse_listen
-from ..monitoring.build import build_collectors
-from ..monitoring.collector import CollectorContext
-from ..monitoring.hub import MetricsHub
-from ..monitoring.summary import node_summary
 from .common import ConfigOption, JsonOption, effective_config, print_json
 
 
@@ -31,6 +26,13 @@ def _agent_url(cfg: Config) -> str:
 
 def fetch_or_collect(cfg: Config, url: str | None) -> dict[str, Any]:
     """Ask the running agent; when none answers, read the node directly (two samples)."""
+    import httpx
+
+    from ..monitoring.build import build_collectors
+    from ..monitoring.collector import CollectorContext
+    from ..monitoring.hub import MetricsHub
+    from ..monitoring.summary import node_summary
+
     base = url or _agent_url(cfg)
     try:
         resp = httpx.get(f"{base}/api/v1/status", timeout=3.0)

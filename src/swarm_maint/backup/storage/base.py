@@ -29,7 +29,7 @@ class Storage(Protocol):
         """A human-readable location (path or URL) for messages."""
         ...
 
-    def write(self, name: str, data: bytes | memoryview) -> None:
+    def write(self, name: str, data: bytes | bytearray | memoryview) -> None:
         """Store ``data`` under ``name`` atomically and durably (all or nothing)."""
         ...
 

@@ -24,7 +24,7 @@ class LocalStorage:
     def _path(self, name: str) -> Path:
         return self.root / check_name(name)
 
-    def write(self, name: str, data: bytes | memoryview) -> None:
+    def write(self, name: str, data: bytes | bytearray | memoryview) -> None:
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(4)}")
