@@ -64,9 +64,11 @@ def read_password(password_file: Path | None, *, confirm: bool = False) -> str:
 
 
 def _open(repo: str, password_file: Path | None) -> Any:
+    from ..backup.memory import limit_heap_growth
     from ..backup.repository import Repository
     from ..backup.storage import open_storage
 
+    limit_heap_growth()
     return Repository.open(open_storage(repo), read_password(password_file))
 
 
