@@ -42,6 +42,46 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX metric_history_ts ON metric_history(ts);
         """,
     ),
+    (
+        "0002_health",
+        """
+        CREATE TABLE health_state (
+            check_name TEXT PRIMARY KEY,
+            status TEXT NOT NULL,              -- the condition after hysteresis
+            raw_status TEXT NOT NULL,          -- the last run's own status
+            message TEXT NOT NULL,
+            action TEXT,
+            details TEXT NOT NULL,             -- JSON
+            since REAL NOT NULL,               -- when the condition took this status
+            updated REAL NOT NULL,
+            failures INTEGER NOT NULL,         -- consecutive non-OK runs
+            passes INTEGER NOT NULL            -- consecutive OK runs
+        );
+        CREATE TABLE health_transitions (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            check_name TEXT NOT NULL,
+            from_status TEXT NOT NULL,
+            to_status TEXT NOT NULL,
+            message TEXT NOT NULL,
+            action TEXT
+        );
+        CREATE INDEX health_transitions_ts ON health_transitions(ts);
+        CREATE TABLE xid_events (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,                  -- when the agent read it
+            pci_bus_id TEXT NOT NULL,
+            code INTEGER NOT NULL,
+            line TEXT NOT NULL,
+            source_key TEXT NOT NULL UNIQUE    -- dedup across restarts (source + position)
+        );
+        CREATE INDEX xid_events_ts ON xid_events(ts);
+        CREATE TABLE xid_sources (
+            source TEXT PRIMARY KEY,
+            position TEXT NOT NULL             -- how far the source was read (offset/seq)
+        )
+        """,
+    ),
 ]
 
 

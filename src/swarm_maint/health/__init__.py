@@ -1,0 +1,1 @@
+"""Health checks: hardware and software diagnostics with hysteresis, history and metrics."""
