@@ -24,6 +24,8 @@ from .api.auth import ensure_token
 from .clock import Clock, SystemClock
 from .config import Config, parse_listen
 from .errors import StateError, UsageError
+from .health.check import FrameSamples
+from .health.service import HealthService, build_health
 from .monitoring.build import build_collectors
 from .monitoring.collector import CollectorContext
 from .monitoring.history import MetricHistory
@@ -125,7 +127,15 @@ class Agent:
         )
         collectors = build_collectors(CollectorContext(config=mon, clock=self.clock))
         self.hub = MetricsHub(collectors, mon.interval, self.node_name, self.history, self.clock)
-        self.app = create_app(ApiContext(hub=self.hub, token=self.token, clock=self.clock))
+        self.health: HealthService | None = None
+        if config.health.enabled:
+            self.health = build_health(config, lambda: FrameSamples(self.hub.latest()),
+                                       self.store, self.clock)
+            self.hub.collectors.append(self.health.runner.collector())
+            if self.health.xids is not None:
+                self.hub.collectors.append(self.health.xids.collector())
+        self.app = create_app(ApiContext(hub=self.hub, token=self.token, clock=self.clock,
+                                         health=self.health.runner if self.health else None))
 
     def stop(self) -> None:
         self._stop.set()
@@ -160,10 +170,18 @@ class Agent:
                 self._stop.set()  # a dead HTTP server stops the agent rather than idle on
 
         server_thread = threading.Thread(target=serve, name="http", daemon=True)
+        health_thread = (
+            threading.Thread(target=self.health.runner.run, args=(self._stop,),
+                             name="health", daemon=True)
+            if self.health is not None else None
+        )
         try:
             self.hub.collect_once()  # /metrics is never empty, even for the first scrape
             collector_thread.start()
             server_thread.start()
+            if self.health is not None and health_thread is not None:
+                self.health.start_tracking()
+                health_thread.start()
             log.info(
                 "swarm-maint agent on http://%s (node %s, state %s, %d collectors)",
                 self.listen, self.node_name, self.state_dir, len(self.hub.collectors),
@@ -178,8 +196,12 @@ class Agent:
             self._stop.set()
             self.hub.request_collection()
             server.request_exit()
+            if self.health is not None:
+                self.health.close()
             server_thread.join(timeout=2.0)
             collector_thread.join(timeout=2.0)
+            if health_thread is not None and health_thread.is_alive():
+                health_thread.join(timeout=1.0)
             self.hub.close()
             self.store.close()
             sock.close()

@@ -14,6 +14,7 @@ from .. import __version__
 from ..clock import Clock, SystemClock
 from ..durations import parse_duration
 from ..errors import UsageError
+from ..health.runner import HealthRunner
 from ..monitoring.history import Aggregate
 from ..monitoring.hub import MetricsHub
 from ..monitoring.summary import node_summary
@@ -30,6 +31,7 @@ class ApiContext:
     hub: MetricsHub
     token: str
     clock: Clock
+    health: HealthRunner | None = None
 
 
 class _Unauthorized(Exception):
@@ -91,6 +93,26 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.get("/api/v1/status")
     def status() -> dict[str, Any]:
         return node_summary(ctx.hub)
+
+    @app.get("/api/v1/health")
+    def health() -> dict[str, Any]:
+        if ctx.health is None:
+            return {"enabled": False, "status": "OK", "conditions": []}
+        conds = sorted(ctx.health.snapshot(), key=lambda c: c.check)
+        order = {"OK": 0, "UNKNOWN": 1, "WARNING": 2, "CRITICAL": 3}
+        overall = max((c.status for c in conds), key=lambda s: order[s], default="OK")
+        return {"enabled": True, "status": overall, "conditions": [c.to_dict() for c in conds]}
+
+    @app.get("/api/v1/health/history")
+    def health_history(
+        check: str | None = None,
+        since: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    ) -> dict[str, Any]:
+        if ctx.health is None:
+            return {"transitions": []}
+        now = ctx.clock.time()
+        return {"transitions": ctx.health.history(check, parse_time(since, now, 0.0), limit)}
 
     @app.get("/api/v1/metrics/names")
     def metric_names() -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import typer
@@ -28,9 +27,7 @@ def fetch_or_collect(cfg: Config, url: str | None) -> dict[str, Any]:
     """Ask the running agent; when none answers, read the node directly (two samples)."""
     import httpx
 
-    from ..monitoring.build import build_collectors
-    from ..monitoring.collector import CollectorContext
-    from ..monitoring.hub import MetricsHub
+    from ..monitoring.oneshot import local_hub
     from ..monitoring.summary import node_summary
 
     base = url or _agent_url(cfg)
@@ -42,15 +39,8 @@ def fetch_or_collect(cfg: Config, url: str | None) -> dict[str, Any]:
         return data
     except httpx.HTTPError:
         pass
-    hub = MetricsHub(
-        build_collectors(CollectorContext(config=cfg.monitoring)),
-        cfg.monitoring.interval,
-        cfg.agent.resolved_node_name(),
-    )
+    hub = local_hub(cfg)
     try:
-        hub.collect_once()
-        time.sleep(0.5)  # rates (CPU, network, disk) need two readings
-        hub.collect_once()
         data = node_summary(hub)
     finally:
         hub.close()

@@ -1,0 +1,131 @@
+"""``swarm-maint health run|list|history``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import UsageError
+from .common import ConfigOption, JsonOption, effective_config, print_json
+
+app = typer.Typer(help="Hardware and software health checks.", no_args_is_help=True)
+
+_STYLE = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red", "UNKNOWN": "magenta"}
+
+
+def _service(config: ConfigOption) -> Any:
+    """The health subsystem on this node, outside the agent (one metrics reading)."""
+    from ..health.check import FrameSamples
+    from ..health.service import build_health
+    from ..monitoring.oneshot import local_hub
+    from ..store import Store
+
+    cfg = effective_config(config)
+    hub = local_hub(cfg)
+    store = Store(cfg.agent.resolved_state_dir() / "state.db")
+    frame = FrameSamples(hub.latest())
+    return cfg, hub, store, build_health(cfg, lambda: frame, store)
+
+
+@app.command("run")
+def run(
+    check: Annotated[list[str] | None, typer.Option("--check", help="Run only these.")] = None,
+    level: Annotated[int, typer.Option("--level", min=1, max=2,
+                                       help="2 adds active diagnostics (idle node only).")] = 1,
+    config: ConfigOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Run checks now. Exit 0 all OK, 1 a WARNING, 2 a CRITICAL, 3 UNKNOWN only."""
+    from ..health.runner import exit_code
+
+    _cfg, hub, store, svc = _service(config)
+    try:
+        known = set(svc.runner.checks)
+        unknown = sorted(set(check or []) - known)
+        if unknown:
+            raise UsageError(f"no such check: {', '.join(unknown)} "
+                             f"(see `swarm-maint health list`)")
+        if svc.xids is not None:
+            svc.xids.poll()  # read what the kernel log has now
+        results = svc.runner.run_now(check or [], level=level)
+    finally:
+        svc.close()
+        hub.close()
+        store.close()
+    results.sort(key=lambda r: r.check)
+    if json_out:
+        print_json([r.to_dict() for r in results])
+    else:
+        t = Table()
+        for col in ("check", "status", "message", "action"):
+            t.add_column(col)
+        for r in results:
+            t.add_row(r.check, f"[{_STYLE[r.status]}]{r.status}", r.message,
+                      r.action if r.action and r.status != "OK" else "")
+        Console().print(t)
+    raise typer.Exit(exit_code(results))
+
+
+@app.command("list")
+def list_(config: ConfigOption = None, json_out: JsonOption = False) -> None:
+    """The configured checks with their intervals."""
+    _cfg, hub, store, svc = _service(config)
+    try:
+        rows = [{"check": c.name, "level": c.level, "interval": svc.runner.interval_of(c),
+                 "timeout": c.timeout} for c in sorted(svc.runner.checks.values(),
+                                                       key=lambda c: c.name)]
+    finally:
+        svc.close()
+        hub.close()
+        store.close()
+    if json_out:
+        print_json(rows)
+        return
+    t = Table()
+    for col in ("check", "level", "interval", "timeout"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["check"], str(r["level"]), f"{r['interval']:g}s", f"{r['timeout']:g}s")
+    Console().print(t)
+
+
+@app.command("history")
+def history(
+    check: Annotated[str | None, typer.Option("--check")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 100,
+    config: ConfigOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Past transitions of the health conditions, newest first."""
+    from ..store import Store
+
+    cfg = effective_config(config)
+    store = Store(cfg.agent.resolved_state_dir() / "state.db")
+    try:
+        sql = ("SELECT ts, check_name, from_status, to_status, message, action "
+               "FROM health_transitions")
+        params: list[Any] = []
+        if check:
+            sql += " WHERE check_name = ?"
+            params.append(check)
+        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
+        params.append(limit)
+        rows = [{"ts": ts, "check": c, "from": f, "to": t, "message": m, "action": a}
+                for ts, c, f, t, m, a in store.query(sql, params)]
+    finally:
+        store.close()
+    if json_out:
+        print_json(rows)
+        return
+    t = Table()
+    for col in ("time", "check", "change", "message"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(datetime.fromtimestamp(r["ts"], UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                  r["check"], f"{r['from']} -> [{_STYLE.get(r['to'], '')}]{r['to']}",
+                  r["message"])
+    Console().print(t)

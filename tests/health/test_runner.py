@@ -1,0 +1,179 @@
+"""The runner: hysteresis, timeouts, persistence, exit codes, metrics."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from swarm_maint.config import CheckOverride, HealthConfig
+from swarm_maint.health.check import CheckResult, Status
+from swarm_maint.health.runner import HealthRunner, exit_code
+from swarm_maint.store import Store
+from tests.fake_clock import FakeClock
+
+
+class Scripted:
+    """A check whose next statuses the test decides."""
+
+    level = 1
+    interval = 30.0
+    timeout = 1.0
+
+    def __init__(self, name: str, statuses: list[Status]) -> None:
+        self.name = name
+        self.statuses = list(statuses)
+        self.runs = 0
+
+    def run(self) -> CheckResult:
+        self.runs += 1
+        st = self.statuses.pop(0) if self.statuses else "OK"
+        return CheckResult(self.name, st, f"{self.name} is {st}",
+                           None if st == "OK" else "investigate", {"run": self.runs})
+
+
+class Hanging:
+    name = "hangs"
+    level = 1
+    interval = 30.0
+    timeout = 0.2
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def run(self) -> CheckResult:
+        self.calls += 1
+        self.release.wait(10)
+        return CheckResult(self.name, "OK", "finally")
+
+
+class Raising:
+    name = "raises"
+    level = 1
+    interval = 30.0
+    timeout = 1.0
+
+    def run(self) -> CheckResult:
+        raise RuntimeError("probe exploded")
+
+
+def test_hysteresis_trips_after_n_and_clears_after_m(tmp_path: Path) -> None:
+    cfg = HealthConfig(failures_to_trip=2, passes_to_clear=3)
+    check = Scripted("disk", ["WARNING", "OK", "WARNING", "CRITICAL", "OK", "OK", "WARNING",
+                              "OK", "OK", "OK"])
+    r = HealthRunner([check], cfg, Store(tmp_path / "s.db"), FakeClock())
+    seen = [r.record(check.run()).status for _ in range(10)]
+    assert seen == ["OK", "OK", "OK", "CRITICAL", "CRITICAL", "CRITICAL", "CRITICAL",
+                    "CRITICAL", "CRITICAL", "OK"]
+    hist = r.history()
+    assert [(h["from"], h["to"]) for h in reversed(hist)] == [("OK", "CRITICAL"),
+                                                              ("CRITICAL", "OK")]
+
+
+def test_per_check_override(tmp_path: Path) -> None:
+    cfg = HealthConfig(failures_to_trip=3, checks={"gpu": CheckOverride(failures_to_trip=1)})
+    gpu, disk = Scripted("gpu", ["CRITICAL"]), Scripted("disk", ["CRITICAL"])
+    r = HealthRunner([gpu, disk], cfg, None, FakeClock())
+    assert r.record(gpu.run()).status == "CRITICAL"
+    assert r.record(disk.run()).status == "OK"
+
+
+def test_condition_keeps_the_failing_message_until_it_clears(tmp_path: Path) -> None:
+    cfg = HealthConfig(failures_to_trip=1, passes_to_clear=2)
+    c = Scripted("x", ["CRITICAL", "OK", "OK"])
+    r = HealthRunner([c], cfg, None, FakeClock())
+    r.record(c.run())
+    cond = r.record(c.run())
+    assert cond.status == "CRITICAL"
+    assert cond.raw_status == "OK"
+    assert cond.message == "x is CRITICAL"
+    assert r.record(c.run()).message == "x is OK"
+
+
+def test_persisted_across_restarts_and_removed_checks_disappear(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    cfg = HealthConfig()
+    a, b = Scripted("a", ["CRITICAL"]), Scripted("b", ["WARNING"])
+    r = HealthRunner([a, b], cfg, Store(db), FakeClock())
+    r.record(a.run())
+    r.record(b.run())
+    again = HealthRunner([Scripted("a", [])], cfg, Store(db), FakeClock())
+    conds = {c.check: c for c in again.snapshot()}
+    assert set(conds) == {"a"}  # b is no longer configured: its condition is gone
+    assert conds["a"].status == "CRITICAL"
+    assert Store(db).query("SELECT check_name FROM health_state") == [("a",)]
+
+
+def test_hanging_check_times_out_and_is_not_piled_up(tmp_path: Path) -> None:
+    h = Hanging()
+    r = HealthRunner([h], HealthConfig(), None, FakeClock())
+    t0 = time.monotonic()
+    res = r.run_check(h)
+    assert time.monotonic() - t0 < 2
+    assert res is not None
+    assert res.status == "UNKNOWN"
+    assert "timed out after 0.2s" in res.message
+    assert r.run_check(h) is None  # still stuck: not started again
+    assert h.calls == 1
+    h.release.set()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and r.run_check(h) is None:
+        time.sleep(0.05)
+    assert h.calls == 2
+
+
+def test_raising_check_is_unknown(tmp_path: Path) -> None:
+    r = HealthRunner([Raising()], HealthConfig(), None, FakeClock())
+    res = r.run_now()
+    assert res[0].status == "UNKNOWN"
+    assert "probe exploded" in res[0].message
+
+
+def test_exit_codes() -> None:
+    def res(*sts: Status) -> list[CheckResult]:
+        return [CheckResult(f"c{i}", s, "") for i, s in enumerate(sts)]
+
+    assert exit_code(res("OK", "OK")) == 0
+    assert exit_code(res("OK", "WARNING", "UNKNOWN")) == 1
+    assert exit_code(res("WARNING", "CRITICAL")) == 2
+    assert exit_code(res("OK", "UNKNOWN")) == 3
+    assert exit_code([]) == 0
+
+
+def test_metrics_and_trigger(tmp_path: Path) -> None:
+    c = Scripted("gpu_xid", ["OK", "CRITICAL"])
+    c.interval = 3600.0
+    r = HealthRunner([c], HealthConfig(), None)
+    stop = threading.Event()
+    t = threading.Thread(target=r.run, args=(stop,))
+    t.start()
+    try:
+        deadline = time.monotonic() + 5
+        while c.runs < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r.trigger("gpu_xid")  # an event: run now, not in an hour
+        while c.runs < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert c.runs == 2
+    finally:
+        stop.set()
+        r.stop()
+        t.join(5)
+    fams = {f.name: f for f in r.collector().collect()}
+    (sample,) = fams["swarm_health_status"].samples
+    assert sample.labels == {"check": "gpu_xid", "action": "investigate"}
+    assert sample.value == 2
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_run_now_selects_by_name_and_level(n: int) -> None:
+    checks = [Scripted(f"c{i}", []) for i in range(n)]
+    active = Scripted("burn", [])
+    active.level = 2
+    r = HealthRunner([*checks, active], HealthConfig(), None)
+    assert {x.check for x in r.run_now()} == {c.name for c in checks}
+    assert {x.check for x in r.run_now(level=2)} == {*(c.name for c in checks), "burn"}
+    assert [x.check for x in r.run_now(["c0"])] == ["c0"]
