@@ -1,0 +1,3 @@
+"""Fixtures shared by the health tests."""
+
+from tests.monitoring.conftest import fake_nvml  # noqa: F401
