@@ -21,8 +21,9 @@ NAME = re.compile(r"""["'](swarm_[a-z0-9_]+)["']""")
 
 def names_in_source() -> set[str]:
     found: set[str] = set()
-    for path in (ROOT / "src" / "swarm_maint" / "monitoring").rglob("*.py"):
-        found |= set(NAME.findall(path.read_text()))
+    for sub in ("monitoring", "health"):
+        for path in (ROOT / "src" / "swarm_maint" / sub).rglob("*.py"):
+            found |= set(NAME.findall(path.read_text()))
     return found
 
 

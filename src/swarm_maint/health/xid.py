@@ -524,7 +524,7 @@ class XidTracker:
                 k = (ev.pci_bus_id, ev.code)
                 self._totals[k] = self._totals.get(k, 0) + 1
                 self._recent.append(ev)
-                log.warning("XID %d on GPU %s: %s", ev.code, ev.pci_bus_id, ev.line)
+                log.info("XID %d on GPU %s: %s", ev.code, ev.pci_bus_id, ev.line)
         if new and self.on_events is not None:
             self.on_events(new)
         return new
