@@ -177,3 +177,37 @@ def test_run_now_selects_by_name_and_level(n: int) -> None:
     assert {x.check for x in r.run_now()} == {c.name for c in checks}
     assert {x.check for x in r.run_now(level=2)} == {*(c.name for c in checks), "burn"}
     assert [x.check for x in r.run_now(["c0"])] == ["c0"]
+
+
+def test_active_diagnostics_skipped_when_busy() -> None:
+    passive = Scripted("disk", [])
+    burn = Scripted("burn", ["CRITICAL"])
+    burn.level = 2
+    r = HealthRunner([passive, burn], HealthConfig(), None)
+    res = {x.check: x for x in r.run_now(level=2, idle=lambda: (False, "GPU 0 at 90%"))}
+    assert res["burn"].status == "UNKNOWN"
+    assert res["burn"].message == "skipped: GPU 0 at 90%"
+    assert burn.runs == 0  # never started under a workload
+    assert res["disk"].status == "OK"
+    res = {x.check: x for x in r.run_now(level=2, idle=lambda: (True, ""))}
+    assert res["burn"].status == "CRITICAL"
+    assert burn.runs == 1
+
+
+def test_gpus_idle_reads_the_frame() -> None:
+    from prometheus_client.core import GaugeMetricFamily
+
+    from swarm_maint.health.check import FrameSamples, gpus_idle
+    from swarm_maint.monitoring.hub import Frame
+
+    def frame(*utils: float) -> FrameSamples:
+        g = GaugeMetricFamily("swarm_gpu_utilization_ratio", "u", labels=["gpu"])
+        for i, u in enumerate(utils):
+            g.add_metric([str(i)], u)
+        return FrameSamples(Frame(1.0, (g,), 1))
+
+    assert gpus_idle(frame()) == (True, "")
+    assert gpus_idle(frame(0.0, 0.01)) == (True, "")
+    idle, why = gpus_idle(frame(0.0, 0.85))
+    assert not idle
+    assert why == "node not idle (GPU 1 at 85%); drain it first"

@@ -51,7 +51,11 @@ def run(
                              f"(see `swarm-maint health list`)")
         if svc.xids is not None:
             svc.xids.poll()  # read what the kernel log has now
-        results = svc.runner.run_now(check or [], level=level)
+        from ..health.check import gpus_idle
+
+        frame = svc.context.frame()
+        results = svc.runner.run_now(check or [], level=level,
+                                     idle=lambda: gpus_idle(frame))
     finally:
         svc.close()
         hub.close()

@@ -34,6 +34,7 @@ __all__ = [
     "HealthCheck",
     "HealthContext",
     "Status",
+    "gpus_idle",
     "worst",
 ]
 
@@ -91,6 +92,16 @@ class FrameSamples:
     def one(self, name: str) -> float | None:
         rows = self._by_name.get(name)
         return rows[0][1] if rows else None
+
+
+def gpus_idle(frame: FrameSamples, threshold: float = 0.05) -> tuple[bool, str]:
+    """(idle, why not): every GPU under ``threshold`` utilization in this frame."""
+    busy = [(labels.get("gpu", "?"), v) for labels, v in frame.get("swarm_gpu_utilization_ratio")
+            if v >= threshold]
+    if not busy:
+        return True, ""
+    shown = ", ".join(f"GPU {g} at {v:.0%}" for g, v in busy)
+    return False, f"node not idle ({shown}); drain it first"
 
 
 @dataclass

@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,13 +219,26 @@ class HealthRunner:
         with self._lock:
             self._busy.discard(name)
 
-    def run_now(self, names: Sequence[str] = (), level: int = 1) -> list[CheckResult]:
-        """Run the selected checks (all of ``level`` and below) now, in parallel."""
+    def run_now(self, names: Sequence[str] = (), level: int = 1,
+                idle: Callable[[], tuple[bool, str]] | None = None) -> list[CheckResult]:
+        """Run the selected checks (all of ``level`` and below) now, in parallel.
+
+        Active diagnostics (level 2) load the GPUs: when ``idle`` says the node is busy
+        they are skipped and reported UNKNOWN with the reason, never run under a workload.
+        """
         chosen = [c for c in self.checks.values()
                   if (not names or c.name in names) and c.level <= level]
+        busy = ""
+        if idle is not None and any(c.level >= 2 for c in chosen):
+            is_idle, why = idle()
+            busy = "" if is_idle else why
         results: list[CheckResult | None] = [None] * len(chosen)
 
         def one(i: int, c: HealthCheck) -> None:
+            if c.level >= 2 and busy:
+                results[i] = CheckResult(c.name, "UNKNOWN", f"skipped: {busy}", None,
+                                         {"skipped": True})
+                return
             results[i] = self.run_check(c)
 
         threads = [threading.Thread(target=one, args=(i, c), daemon=True)
