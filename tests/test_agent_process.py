@@ -149,3 +149,46 @@ def test_listener_is_tcp_so_keepalive_responses_are_not_delayed() -> None:
         client.close()
     finally:
         sock.close()
+
+
+def test_health_in_the_agent(tmp_path: Path) -> None:
+    klog = tmp_path / "kern.log"
+    klog.write_text("")
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[health]\nkernel_log = "{klog}"\n')
+    a = start_agent(tmp_path, "--config", str(cfg), "--state-dir", str(tmp_path / "st"))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            body = httpx.get(f"{a.url}/api/v1/health").json()
+            names = {c["check"] for c in body["conditions"]}
+            if "gpu_xid" in names or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert {"gpu_xid", "disk_space", "memory_available"} <= names
+        with klog.open("a") as f:
+            f.write("[ 12.5] NVRM: Xid (PCI:0000:17:00): 79, pid='<unknown>', name=<unknown>, "
+                    "GPU has fallen off the bus.\n")
+        while True:
+            cond = next(c for c in httpx.get(f"{a.url}/api/v1/health").json()["conditions"]
+                        if c["check"] == "gpu_xid")
+            if cond["status"] == "CRITICAL" or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert cond["status"] == "CRITICAL"
+        assert cond["action"] == "reboot"
+        status = httpx.get(f"{a.url}/api/v1/status").json()
+        assert status["health"]["status"] == "CRITICAL"
+        assert any(p["check"] == "gpu_xid" for p in status["health"]["problems"])
+        want = 'swarm_health_status{action="reboot",check="gpu_xid"} 2.0'
+        while want not in (metrics := httpx.get(f"{a.url}/metrics").text):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)  # the next collection (every second) exports the condition
+        assert want in metrics
+        assert 'swarm_gpu_xid_errors_total{code="79",pci_bus_id="00000000:17:00.0"} 1.0' in \
+            metrics
+    finally:
+        a.proc.terminate()
+        a.proc.communicate(timeout=10)
+    assert a.proc.returncode == 0

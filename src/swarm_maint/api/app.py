@@ -90,18 +90,27 @@ def create_app(ctx: ApiContext) -> FastAPI:
     def metrics() -> Response:
         return Response(ctx.hub.exposition(), media_type=METRICS_CONTENT_TYPE)
 
-    @app.get("/api/v1/status")
-    def status() -> dict[str, Any]:
-        return node_summary(ctx.hub)
-
-    @app.get("/api/v1/health")
-    def health() -> dict[str, Any]:
+    def health_summary() -> dict[str, Any]:
         if ctx.health is None:
             return {"enabled": False, "status": "OK", "conditions": []}
         conds = sorted(ctx.health.snapshot(), key=lambda c: c.check)
         order = {"OK": 0, "UNKNOWN": 1, "WARNING": 2, "CRITICAL": 3}
         overall = max((c.status for c in conds), key=lambda s: order[s], default="OK")
         return {"enabled": True, "status": overall, "conditions": [c.to_dict() for c in conds]}
+
+    @app.get("/api/v1/status")
+    def status() -> dict[str, Any]:
+        data = node_summary(ctx.hub)
+        h = health_summary()
+        data["health"] = {"status": h["status"], "enabled": h["enabled"],
+                          "problems": [{k: c[k] for k in ("check", "status", "message",
+                                                          "action")}
+                                       for c in h["conditions"] if c["status"] != "OK"]}
+        return data
+
+    @app.get("/api/v1/health")
+    def health() -> dict[str, Any]:
+        return health_summary()
 
     @app.get("/api/v1/health/history")
     def health_history(

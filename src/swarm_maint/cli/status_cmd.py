@@ -85,6 +85,13 @@ def render(data: dict[str, Any], console: Console) -> None:
     gpu = data["gpu"]
     detail = f": {gpu['message']}" if gpu["message"] else ""
     head.add_row("GPUs", f"{gpu['count']} ({gpu['state']}{detail})")
+    health = data.get("health")
+    if health:
+        style = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red",
+                 "UNKNOWN": "magenta"}.get(health["status"], "")
+        lines = [f"[{style}]{health['status']}[/]"] + [
+            f"{p['status']} {p['check']}: {p['message']}" for p in health["problems"]]
+        head.add_row("health", "\n".join(lines))
     console.print(head)
 
     if gpu["devices"]:
