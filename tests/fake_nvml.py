@@ -31,8 +31,10 @@ __all__ = [
     "FakeNvmlState",
     "build_fake_nvml",
     "call_count",
+    "event_set_count",
     "init_refcount",
     "reset_call_counts",
+    "reset_events",
 ]
 
 SOURCE = Path(__file__).parent / "fixtures" / "fake_nvml" / "fake_nvml.c"
@@ -176,5 +178,17 @@ def reset_call_counts(path: Path) -> None:
 def init_refcount(path: Path) -> int:
     """nvmlInit calls not yet matched by nvmlShutdown, in this process."""
     fn = _library(path).fakeNvmlInitRefcount
+    fn.restype = ctypes.c_int
+    return int(fn())
+
+
+def reset_events(path: Path) -> None:
+    """Forget which ``gpuN.xid_events`` codes were delivered (the per-process counters)."""
+    _library(path).fakeNvmlResetEvents()
+
+
+def event_set_count(path: Path) -> int:
+    """NVML event sets created and not yet freed, in this process."""
+    fn = _library(path).fakeNvmlEventSetCount
     fn.restype = ctypes.c_int
     return int(fn())

@@ -87,9 +87,9 @@ def render(data: dict[str, Any], console: Console) -> None:
     head.add_row("GPUs", f"{gpu['count']} ({gpu['state']}{detail})")
     health = data.get("health")
     if health:
-        style = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red",
-                 "UNKNOWN": "magenta"}.get(health["status"], "")
-        lines = [f"[{style}]{health['status']}[/]"] + [
+        colour = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red",
+                  "UNKNOWN": "magenta"}.get(health["status"], "")
+        lines = [f"[{colour}]{health['status']}[/]"] + [
             f"{p['status']} {p['check']}: {p['message']}" for p in health["problems"]]
         head.add_row("health", "\n".join(lines))
     console.print(head)
