@@ -340,6 +340,8 @@ class HealthConfig(_Section):
                             "/dev/kmsg, journal, or the path of a file to follow.")
     xid_window: Duration = Field(86400.0, description="XIDs older than this no longer hold "
                                  "a GPU unhealthy.")
+    nvml_events: bool = Field(True, description="Also listen for XIDs through NVML events "
+                              "(where the GPU and driver support them).")
     units: list[str] = Field(default_factory=list, description="systemd units that must be "
                              "active (e.g. containerd.service).")
     processes: list[str] = Field(default_factory=list, description="Process names that must "

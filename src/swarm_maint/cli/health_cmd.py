@@ -28,7 +28,7 @@ def _service(config: ConfigOption) -> Any:
     hub = local_hub(cfg)
     store = Store(cfg.agent.resolved_state_dir() / "state.db")
     frame = FrameSamples(hub.latest())
-    return cfg, hub, store, build_health(cfg, lambda: frame, store)
+    return cfg, hub, store, build_health(cfg, lambda: frame, store, nvml_events=False)
 
 
 @app.command("run")

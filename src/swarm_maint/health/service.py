@@ -36,9 +36,34 @@ class HealthService:
             self.xids.stop()
 
 
+def _xid_source(cfg: Config, clock: Clock, nvml_events: bool,
+                extras: dict[str, Any]) -> Any:
+    """The kernel log, plus NVML's XID events where they work; None when neither does."""
+    from .nvml_events import MultiSource, NvmlXidSource
+    from .xid import KernelLogError, open_source
+
+    hc = cfg.health
+    sources: list[Any] = []
+    try:
+        sources.append(open_source(hc.kernel_log))
+    except Exception as exc:  # unreadable /dev/kmsg, no journalctl …: say so, go on
+        extras["kernel_log_error"] = str(exc)
+        log.warning("kernel log %s unavailable: %s", hc.kernel_log, exc)
+    if nvml_events and hc.nvml_events:
+        try:
+            sources.append(NvmlXidSource(cfg.monitoring.nvml_library or None))
+        except KernelLogError as exc:  # no GPU, no driver, or no event support
+            log.info("NVML XID events not used: %s", exc)
+    if not sources:
+        return None
+    return sources[0] if len(sources) == 1 else MultiSource(sources, clock=clock)
+
+
 def build_health(cfg: Config, frame: Callable[[], FrameSamples], store: Store | None,
-                 clock: Clock | None = None) -> HealthService:
-    from .xid import XidTracker, open_source
+                 clock: Clock | None = None, nvml_events: bool = True) -> HealthService:
+    """``nvml_events``: listen for NVML XID events too (the agent does; a one-shot
+    ``health run`` would only see events raised while it runs, so it does not)."""
+    from .xid import XidTracker
 
     clock = clock or SystemClock()
     hc = cfg.health
@@ -46,11 +71,9 @@ def build_health(cfg: Config, frame: Callable[[], FrameSamples], store: Store | 
                         sys_root=Path(cfg.monitoring.sys_root), clock=clock)
     tracker = None
     if store is not None:
-        try:
-            tracker = XidTracker(store, open_source(hc.kernel_log), clock, hc.xid_window)
-        except Exception as exc:  # unreadable /dev/kmsg, no journalctl …: say so, go on
-            ctx.extras["kernel_log_error"] = f"{hc.kernel_log}: {exc}"
-            log.warning("kernel log %s unavailable: %s", hc.kernel_log, exc)
+        source = _xid_source(cfg, clock, nvml_events, ctx.extras)
+        if source is not None:
+            tracker = XidTracker(store, source, clock, hc.xid_window)
     ctx.xids = tracker
     runner = HealthRunner(build_checks(ctx), hc, store, clock)
     if tracker is not None:
