@@ -53,7 +53,7 @@ def _xid_source(cfg: Config, clock: Clock, nvml_events: bool,
         try:
             sources.append(NvmlXidSource(cfg.monitoring.nvml_library or None))
         except KernelLogError as exc:  # no GPU, no driver, or no event support
-            log.info("NVML XID events not used: %s", exc)
+            log.debug("NVML XID events not used: %s", exc)  # expected without a GPU
     if not sources:
         return None
     return sources[0] if len(sources) == 1 else MultiSource(sources, clock=clock)
