@@ -340,6 +340,8 @@ class HealthConfig(_Section):
                             "/dev/kmsg, journal, or the path of a file to follow.")
     xid_window: Duration = Field(86400.0, description="XIDs older than this no longer hold "
                                  "a GPU unhealthy.")
+    dcgm_diag_level: int = Field(1, ge=1, le=2, description="`dcgmi diag -r` level of the "
+                                 "level-2 diagnostics: 1 (quick) or 2 (about 2 minutes).")
     nvml_events: bool = Field(True, description="Also listen for XIDs through NVML events "
                               "(where the GPU and driver support them).")
     units: list[str] = Field(default_factory=list, description="systemd units that must be "

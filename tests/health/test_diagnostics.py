@@ -147,3 +147,15 @@ def test_gpu_burn_in_script_without_torch() -> None:
     r = diagnostics.GpuBurnInCheck(make_ctx(), seconds=1).run()
     assert r.status == "UNKNOWN"
     assert r.message == "GPU burn-in: ModuleNotFoundError: No module named 'torch'"
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_dcgm_diag_level_from_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     level: int) -> None:
+    args = tmp_path / "args"
+    monkeypatch.setenv("FAKE_DCGMI_OUTPUT", str(FIXTURES / "dcgm_diag_r1_pass.json"))
+    monkeypatch.setenv("FAKE_DCGMI_ARGS", str(args))
+    ctx = HealthContext(config=HealthConfig(dcgm_diag_level=level),
+                        frame=lambda: FrameSamples(Frame(0.0, (), 0)))
+    assert diagnostics.DcgmDiagCheck(ctx, str(FIXTURES / "dcgmi")).run().status == "OK"
+    assert args.read_text().split() == ["diag", "-r", str(level), "-j"]

@@ -132,9 +132,9 @@ class DcgmDiagCheck:
     name = "dcgm_diag"
     level = 2
 
-    def __init__(self, ctx: HealthContext, dcgmi: str, run_level: int = 1) -> None:
+    def __init__(self, ctx: HealthContext, dcgmi: str, run_level: int | None = None) -> None:
         self._dcgmi = dcgmi
-        self._run_level = run_level
+        self._run_level = run_level if run_level is not None else ctx.config.dcgm_diag_level
         self.interval = ctx.config.full_interval
         self.timeout = min(_MAX_TIMEOUT, max(ctx.config.timeout, ctx.config.full_interval))
 
