@@ -64,11 +64,9 @@ def read_password(password_file: Path | None, *, confirm: bool = False) -> str:
 
 
 def _open(repo: str, password_file: Path | None) -> Any:
-    from ..backup.memory import limit_heap_growth
     from ..backup.repository import Repository
     from ..backup.storage import open_storage
 
-    limit_heap_growth()
     return Repository.open(open_storage(repo), read_password(password_file))
 
 
@@ -156,7 +154,9 @@ def run(
     """Back up PATHs as a new snapshot (incremental: unchanged data is not stored again)."""
     from ..backup.backup import run_backup
     from ..backup.files_cache import FilesCache
+    from ..backup.memory import limit_heap_growth
 
+    limit_heap_growth()  # backup only: restore reuses nothing big and runs faster without it
     cfg = effective_config(config)
     r = _open(repo, password_file)
     missing = [str(p) for p in paths if not os.path.lexists(p)]
