@@ -105,21 +105,13 @@ def history(
     json_out: JsonOption = False,
 ) -> None:
     """Past transitions of the health conditions, newest first."""
+    from ..health.runner import load_history
     from ..store import Store
 
     cfg = effective_config(config)
     store = Store(cfg.agent.resolved_state_dir() / "state.db")
     try:
-        sql = ("SELECT ts, check_name, from_status, to_status, message, action "
-               "FROM health_transitions")
-        params: list[Any] = []
-        if check:
-            sql += " WHERE check_name = ?"
-            params.append(check)
-        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
-        params.append(limit)
-        rows = [{"ts": ts, "check": c, "from": f, "to": t, "message": m, "action": a}
-                for ts, c, f, t, m, a in store.query(sql, params)]
+        rows = load_history(store, check, 0.0, limit)
     finally:
         store.close()
     if json_out:

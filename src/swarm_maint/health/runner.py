@@ -28,9 +28,24 @@ from ..monitoring.collector import CollectorStatus
 from ..store import Store
 from .check import STATUS_CODES, CheckResult, HealthCheck, Status
 
-__all__ = ["Condition", "HealthRunner", "exit_code"]
+__all__ = ["Condition", "HealthRunner", "exit_code", "load_history"]
 
 log = logging.getLogger(__name__)
+
+
+def load_history(store: Store, check: str | None = None, since: float = 0.0,
+                 limit: int = 1000) -> list[dict[str, Any]]:
+    """Condition transitions, newest first."""
+    sql = ("SELECT ts, check_name, from_status, to_status, message, action "
+           "FROM health_transitions WHERE ts >= ?")
+    params: list[Any] = [since]
+    if check:
+        sql += " AND check_name = ?"
+        params.append(check)
+    sql += " ORDER BY ts DESC, id DESC LIMIT ?"
+    params.append(limit)
+    return [{"ts": ts, "check": c, "from": f, "to": t, "message": m, "action": a}
+            for ts, c, f, t, m, a in store.query(sql, params)]
 
 
 def exit_code(results: Iterable[CheckResult]) -> int:
@@ -289,18 +304,7 @@ class HealthRunner:
 
     def history(self, check: str | None = None, since: float = 0.0,
                 limit: int = 1000) -> list[dict[str, Any]]:
-        if self.store is None:
-            return []
-        sql = ("SELECT ts, check_name, from_status, to_status, message, action "
-               "FROM health_transitions WHERE ts >= ?")
-        params: list[Any] = [since]
-        if check:
-            sql += " AND check_name = ?"
-            params.append(check)
-        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
-        params.append(limit)
-        return [{"ts": ts, "check": c, "from": f, "to": t, "message": m, "action": a}
-                for ts, c, f, t, m, a in self.store.query(sql, params)]
+        return [] if self.store is None else load_history(self.store, check, since, limit)
 
     def collector(self) -> _HealthCollector:
         return _HealthCollector(self)
