@@ -249,3 +249,10 @@ class MetricHistory:
                 merged.setdefault(tuple(sorted(s.labels.items())), []).extend(s.points)
         series = [SeriesPoints(name, dict(k), pts) for k, pts in merged.items() if pts]
         return "store+memory", series
+
+    def series(
+        self, name: str, start: float, end: float
+    ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+        """Every in-memory series of ``name`` with its raw points in [start, end], oldest
+        first, as (labels, points); the PromQL ``SeriesSource`` of the alert evaluator."""
+        return [(s.labels, s.points) for s in self.recent(name, {}, start, end)]

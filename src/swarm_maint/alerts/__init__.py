@@ -1,0 +1,1 @@
+"""Alert rule evaluation on the agent's in-memory metric history."""
