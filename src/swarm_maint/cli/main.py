@@ -9,7 +9,15 @@ import typer
 
 from .. import __version__
 from ..errors import SwarmMaintError
-from . import agent_cmd, backup_cmd, config_cmd, config_snapshot_cmd, health_cmd, status_cmd
+from . import (
+    agent_cmd,
+    alerts_cmd,
+    backup_cmd,
+    config_cmd,
+    config_snapshot_cmd,
+    health_cmd,
+    status_cmd,
+)
 
 app = typer.Typer(
     name="swarm-maint",
@@ -24,6 +32,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(backup_cmd.app, name="backup")
 app.add_typer(config_snapshot_cmd.app, name="config-snapshot")
 app.add_typer(health_cmd.app, name="health")
+app.add_typer(alerts_cmd.app, name="alerts")
 
 _debug = False
 
