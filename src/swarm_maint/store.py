@@ -82,6 +82,24 @@ MIGRATIONS: list[tuple[str, str]] = [
         )
         """,
     ),
+    (
+        "0003_alerts_outbox",
+        """
+        CREATE TABLE alert_outbox (
+            id INTEGER PRIMARY KEY,
+            receiver TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            kind TEXT NOT NULL,                -- firing | resolved
+            payload TEXT NOT NULL,             -- JSON: the alert in Alertmanager's shape
+            created REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt REAL NOT NULL,
+            last_error TEXT,
+            delivered REAL                     -- NULL until sent (or given up)
+        );
+        CREATE INDEX alert_outbox_due ON alert_outbox(delivered, next_attempt)
+        """,
+    ),
 ]
 
 

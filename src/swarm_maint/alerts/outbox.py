@@ -1,0 +1,266 @@
+"""A durable outbox for alert notifications (table ``alert_outbox``, migration 0003).
+
+``enqueue`` writes a notification in its own transaction *before* anything is sent, so a
+crash or restart loses nothing: a new ``Outbox`` on the same database delivers what an
+earlier one did not, and never re-sends a row once it is marked delivered.
+
+Delivery (``deliver_due``):
+
+* Order: each receiver's rows are delivered strictly in creation (id) order. There is no
+  coalescing: a ``firing`` followed by a ``resolved`` for the same alert are both kept
+  and both sent, in that order. A receiver's rows after one that is backing off wait for
+  it (head-of-line), so a receiver never sees a ``resolved`` before its ``firing``: a
+  receiver is due when its oldest undelivered row is, and then its oldest rows are sent.
+* Rate: a token bucket per receiver refills at ``max_per_second`` (on the clock's
+  monotonic time) and holds at most ``max(1, max_per_second)`` tokens, so a receiver that
+  comes back after an hour gets a bounded rate, not a storm. One token per notification;
+  a call sends the due prefix of the receiver's queue that the tokens allow as one batch.
+* Failure: when the sender raises, every row of the batch gets ``attempts + 1``,
+  ``last_error`` (one line) and ``next_attempt = now + min(max_delay, base_delay *
+  2**attempts) * uniform(1 - jitter, 1 + jitter)`` (``attempts`` before the increment).
+* Unknown receiver: its due rows stay queued with ``last_error = "no such receiver"`` and
+  are retried with the same backoff (the receiver may appear after a config reload).
+* Age: an undelivered row older than ``max_age`` is given up: marked delivered with
+  ``last_error = "expired"`` (and logged). Delivered rows (including expired ones) are
+  deleted once they are older than ``max_age``.
+
+Thread-safety: one lock serializes ``deliver_due`` (and the token buckets); ``enqueue``
+and ``pending`` rely on the Store's own lock and transactions, so enqueuing never waits
+for a slow receiver.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from ..clock import Clock
+from ..store import Store
+from .engine import AlertChange
+
+__all__ = ["ZERO_TIME", "Outbox", "Sender", "alert_payload", "rfc3339"]
+
+log = logging.getLogger(__name__)
+
+Sender = Callable[[list[dict[str, Any]]], None]
+
+# Alertmanager's "no end time" (Go's zero time.Time).
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+_MAX_ERROR = 500
+
+
+def rfc3339(t: float) -> str:
+    """``t`` (unix seconds) as RFC 3339 in UTC with milliseconds, e.g. ...T12:00:00.000Z."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def alert_payload(change: AlertChange, now: float) -> dict[str, Any]:
+    """The alert of ``change`` in the shape of one entry of Alertmanager's webhook."""
+    a = change.alert
+    if change.kind == "resolved":
+        ends = rfc3339(a.resolved_at if a.resolved_at is not None else now)
+    else:
+        ends = ZERO_TIME
+    return {
+        "status": change.kind,
+        "labels": dict(a.labels),
+        "annotations": dict(a.annotations),
+        "startsAt": rfc3339(a.active_since),
+        "endsAt": ends,
+        "fingerprint": a.fingerprint,
+    }
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:_MAX_ERROR]
+
+
+class Outbox:
+    """Durable, rate-limited, retrying delivery of alert notifications."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        base_delay: float = 1.0,
+        max_delay: float = 300.0,
+        jitter: float = 0.2,
+        max_per_second: float = 5.0,
+        max_age: float = 7 * 86400,
+        rng: random.Random | None = None,
+    ) -> None:
+        if base_delay <= 0 or max_delay <= 0 or max_per_second <= 0 or max_age <= 0:
+            raise ValueError("outbox delays, rate and max_age must be positive")
+        if not 0 <= jitter < 1:
+            raise ValueError("outbox jitter must be in [0, 1)")
+        self._store = store
+        self._clock = clock
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.jitter = jitter
+        self.max_per_second = max_per_second
+        self.max_age = max_age
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._capacity = max(1.0, max_per_second)
+        # receiver -> (tokens, monotonic time of the last refill)
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def enqueue(self, receiver: str, change: AlertChange) -> int:
+        """Store a notification for ``receiver`` durably; its row id."""
+        now = self._clock.time()
+        payload = json.dumps(alert_payload(change, now), sort_keys=True)
+        with self._store.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO alert_outbox (receiver, fingerprint, kind, payload, created,"
+                " attempts, next_attempt) VALUES (?, ?, ?, ?, ?, 0, ?)",
+                (receiver, change.alert.fingerprint, change.kind, payload, now, now),
+            )
+            row_id = cur.lastrowid
+        assert row_id is not None
+        return row_id
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def pending(self) -> list[dict[str, Any]]:
+        """The undelivered notifications, oldest first."""
+        rows = self._store.query(
+            "SELECT id, receiver, fingerprint, kind, payload, created, attempts,"
+            " next_attempt, last_error FROM alert_outbox WHERE delivered IS NULL ORDER BY id"
+        )
+        return [
+            {
+                "id": r[0],
+                "receiver": r[1],
+                "fingerprint": r[2],
+                "kind": r[3],
+                "payload": json.loads(r[4]),
+                "created": r[5],
+                "attempts": r[6],
+                "next_attempt": r[7],
+                "last_error": r[8],
+            }
+            for r in rows
+        ]
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def _take_tokens(self, receiver: str, wanted: int) -> int:
+        """Up to ``wanted`` whole tokens from ``receiver``'s bucket (refilled first)."""
+        mono = self._clock.monotonic()
+        tokens, last = self._buckets.get(receiver, (self._capacity, mono))
+        tokens = min(self._capacity, tokens + max(0.0, mono - last) * self.max_per_second)
+        n = min(wanted, int(tokens))
+        self._buckets[receiver] = (tokens - n, mono)
+        return n
+
+    def _peek_tokens(self, receiver: str) -> int:
+        mono = self._clock.monotonic()
+        tokens, last = self._buckets.get(receiver, (self._capacity, mono))
+        return int(min(self._capacity, tokens + max(0.0, mono - last) * self.max_per_second))
+
+    def _backoff(self, attempts: int) -> float:
+        delay = min(self.max_delay, self.base_delay * 2.0 ** min(attempts, 64))
+        return delay * self._rng.uniform(1.0 - self.jitter, 1.0 + self.jitter)
+
+    def _fail(self, rows: list[tuple[int, int]], error: str, now: float) -> None:
+        with self._store.transaction() as conn:
+            for row_id, attempts in rows:
+                conn.execute(
+                    "UPDATE alert_outbox SET attempts = ?, next_attempt = ?, last_error = ?"
+                    " WHERE id = ? AND delivered IS NULL",
+                    (attempts + 1, now + self._backoff(attempts), error, row_id),
+                )
+
+    def _expire(self, now: float) -> None:
+        cutoff = now - self.max_age
+        with self._store.transaction() as conn:
+            n = conn.execute(
+                "UPDATE alert_outbox SET delivered = ?, last_error = 'expired'"
+                " WHERE delivered IS NULL AND created < ?",
+                (now, cutoff),
+            ).rowcount
+            conn.execute(
+                "DELETE FROM alert_outbox WHERE delivered IS NOT NULL AND delivered < ?",
+                (cutoff,),
+            )
+        if n:
+            log.warning("gave up %d alert notification(s) older than %.0f s", n, self.max_age)
+
+    def deliver_due(self, senders: Mapping[str, Sender]) -> int:
+        """Send what is due, within each receiver's rate; how many were delivered."""
+        with self._lock:
+            now = self._clock.time()
+            self._expire(now)
+            receivers = [
+                r[0]
+                for r in self._store.query(
+                    "SELECT DISTINCT receiver FROM alert_outbox"
+                    " WHERE delivered IS NULL ORDER BY receiver",
+                )
+            ]
+            delivered = 0
+            for receiver in receivers:
+                delivered += self._deliver_receiver(receiver, senders.get(receiver), now)
+            return delivered
+
+    def _deliver_receiver(self, receiver: str, sender: Sender | None, now: float) -> int:
+        if sender is None:
+            rows = self._store.query(
+                "SELECT id, attempts FROM alert_outbox WHERE delivered IS NULL"
+                " AND receiver = ? AND next_attempt <= ? ORDER BY id",
+                (receiver, now),
+            )
+            self._fail([(r[0], r[1]) for r in rows], "no such receiver", now)
+            return 0
+        limit = self._peek_tokens(receiver)
+        if limit <= 0:
+            return 0
+        head = self._store.query(
+            "SELECT id, attempts, next_attempt, payload FROM alert_outbox"
+            " WHERE delivered IS NULL AND receiver = ? ORDER BY id LIMIT ?",
+            (receiver, limit),
+        )
+        if not head or head[0][2] > now:  # head-of-line: keep the receiver's order
+            return 0
+        batch = [(row_id, attempts, payload) for row_id, attempts, _, payload in head]
+        self._take_tokens(receiver, len(batch))
+        try:
+            sender([json.loads(p) for _, _, p in batch])
+        except Exception as exc:
+            error = _one_line(exc)
+            log.warning(
+                "alert receiver %s: delivery of %d notification(s) failed: %s",
+                receiver, len(batch), error,
+            )
+            self._fail([(i, a) for i, a, _ in batch], error, now)
+            return 0
+        with self._store.transaction() as conn:
+            conn.executemany(
+                "UPDATE alert_outbox SET delivered = ?, last_error = NULL WHERE id = ?",
+                [(self._clock.time(), i) for i, _, _ in batch],
+            )
+        return len(batch)
+
+    def run(
+        self, stop: threading.Event, senders: Mapping[str, Sender], interval: float = 0.2
+    ) -> None:
+        """Call ``deliver_due`` every ``interval`` seconds until ``stop`` is set."""
+        while not stop.wait(interval):
+            try:
+                self.deliver_due(senders)
+            except Exception:
+                log.exception("alert outbox delivery failed")
