@@ -64,6 +64,10 @@ retention = "14d"
         ("[monitoring]\ncollectors = ['cpu', 'cpu']\n", "monitoring.collectors", "twice"),
         ("[monitoring]\ninterval = 5\ncollectors = 'cpu'\n", "monitoring.collectors", "list"),
         ("[nonsense]\n", "nonsense", "unknown key"),
+        ("[[alerts.receivers]]\nname = 'a'\ntype = 'pager'\nurl = 'http://x'\n",
+         "alerts.receivers[0].type", "not supported yet"),
+        ("[[alerts.receivers]]\nname = 'a'\nurl = 'u'\n[[alerts.receivers]]\nname = 'a'\n"
+         "url = 'u'\n", "alerts.receivers", "used twice"),
     ],
 )
 def test_invalid_values_name_file_key_problem(

@@ -19,6 +19,7 @@ from types import FrameType
 
 import uvicorn
 
+from .alerts.service import AlertService, build_alerts
 from .api.app import ApiContext, create_app
 from .api.auth import ensure_token
 from .clock import Clock, SystemClock
@@ -134,8 +135,14 @@ class Agent:
             self.hub.collectors.append(self.health.runner.collector())
             if self.health.xids is not None:
                 self.hub.collectors.append(self.health.xids.collector())
+        self.alerts: AlertService | None = None
+        if config.alerts.enabled:
+            self.alerts = build_alerts(config, self.history, self.store, self.clock)
+            alerts = self.alerts
+            self.hub.on_frame.append(lambda frame: alerts.evaluate(frame.timestamp))
         self.app = create_app(ApiContext(hub=self.hub, token=self.token, clock=self.clock,
-                                         health=self.health.runner if self.health else None))
+                                         health=self.health.runner if self.health else None,
+                                         alerts=self.alerts))
 
     def stop(self) -> None:
         self._stop.set()
@@ -170,6 +177,11 @@ class Agent:
                 self._stop.set()  # a dead HTTP server stops the agent rather than idle on
 
         server_thread = threading.Thread(target=serve, name="http", daemon=True)
+        delivery_thread = (
+            threading.Thread(target=self.alerts.run_delivery, args=(self._stop,),
+                             name="alert-delivery", daemon=True)
+            if self.alerts is not None else None
+        )
         health_thread = (
             threading.Thread(target=self.health.runner.run, args=(self._stop,),
                              name="health", daemon=True)
@@ -182,6 +194,8 @@ class Agent:
             if self.health is not None and health_thread is not None:
                 self.health.start_tracking()
                 health_thread.start()
+            if delivery_thread is not None:
+                delivery_thread.start()
             log.info(
                 "swarm-maint agent on http://%s (node %s, state %s, %d collectors)",
                 self.listen, self.node_name, self.state_dir, len(self.hub.collectors),
@@ -202,6 +216,8 @@ class Agent:
             collector_thread.join(timeout=2.0)
             if health_thread is not None and health_thread.is_alive():
                 health_thread.join(timeout=1.0)
+            if delivery_thread is not None and delivery_thread.is_alive():
+                delivery_thread.join(timeout=1.0)
             self.hub.close()
             self.store.close()
             sock.close()

@@ -358,6 +358,40 @@ class HealthConfig(_Section):
                                              description="Per-check overrides, by check name.")
 
 
+class ReceiverConfig(_Section):
+    name: str = Field(..., description="Name of the receiver, used by routes and the outbox.")
+    type: str = Field("webhook", description="webhook (Alertmanager's webhook format); "
+                      "alertmanager, slack and email come later.")
+    url: str = Field(..., description="Where notifications are POSTed.")
+    timeout: Duration = Field(5.0, description="HTTP timeout of one delivery attempt.")
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, v: str) -> str:
+        if v != "webhook":
+            raise ValueError(f"receiver type {v!r} is not supported yet (use webhook)")
+        return v
+
+
+class AlertsConfig(_Section):
+    enabled: bool = Field(True, description="Evaluate alert rules in the agent.")
+    default_rules: bool = Field(True, description="Load the shipped default rules.")
+    rule_files: list[str] = Field(default_factory=list, description="Prometheus rule files "
+                                  "added to the defaults.")
+    receivers: list[ReceiverConfig] = Field(default_factory=list, description="Where "
+                                            "notifications go; every alert goes to every "
+                                            "receiver (routes come later).")
+
+    @field_validator("receivers")
+    @classmethod
+    def _unique(cls, v: list[ReceiverConfig]) -> list[ReceiverConfig]:
+        names = [r.name for r in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"receiver name used twice: {', '.join(dup)}")
+        return v
+
+
 class ConfigSnapshotsConfig(_Section):
     repo: str = Field(
         "",
@@ -392,6 +426,8 @@ class Config(_Section):
                                  description="Backups and configuration snapshots.")
     health: HealthConfig = Field(default_factory=HealthConfig,
                                  description="Hardware and software health checks.")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig,
+                                 description="Alert rules and notifications.")
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
+from ..alerts.service import AlertService
 from ..clock import Clock, SystemClock
 from ..durations import parse_duration
 from ..errors import UsageError
@@ -32,6 +33,7 @@ class ApiContext:
     token: str
     clock: Clock
     health: HealthRunner | None = None
+    alerts: AlertService | None = None
 
 
 class _Unauthorized(Exception):
@@ -122,6 +124,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
             return {"transitions": []}
         now = ctx.clock.time()
         return {"transitions": ctx.health.history(check, parse_time(since, now, 0.0), limit)}
+
+    @app.get("/api/v1/alerts")
+    def alerts() -> dict[str, Any]:
+        if ctx.alerts is None:
+            return {"enabled": False, "alerts": [], "outbox": []}
+        return {"enabled": True, "alerts": ctx.alerts.active(),
+                "outbox": ctx.alerts.outbox.pending()}
 
     @app.get("/api/v1/metrics/names")
     def metric_names() -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -70,6 +70,8 @@ class MetricsHub:
         self._rendered: tuple[int, bytes] = (-1, b"")
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_FrameRegistry(self))
+        # called with every new frame, on the collection thread (alert evaluation)
+        self.on_frame: list[Callable[[Frame], None]] = []
         self._wake = threading.Event()
         # collectors keep rate state between calls: one collection at a time
         self._collect_lock = threading.Lock()
@@ -106,6 +108,11 @@ class MetricsHub:
                 self.history.record(ts, frame.families)
             except Exception:  # the store may be full or locked; keep monitoring
                 log.exception("cannot record metric history")
+        for hook in self.on_frame:
+            try:
+                hook(frame)
+            except Exception:  # a failing consumer must not stop collection
+                log.exception("frame consumer failed")
         return frame
 
     def _own_metrics(
