@@ -212,6 +212,8 @@ class Agent:
             server.request_exit()
             if self.health is not None:
                 self.health.close()
+            if self.alerts is not None:
+                self.alerts.stop()
             server_thread.join(timeout=2.0)
             collector_thread.join(timeout=2.0)
             if health_thread is not None and health_thread.is_alive():

@@ -287,6 +287,7 @@ def test_run_loop_delivers_until_stopped(tmp_path: Path, receiver: Receiver) -> 
             time.sleep(0.05)
     finally:
         stop.set()
+        ob.wake()  # without it the idle loop would sleep for an hour
         t.join(5)
     assert not t.is_alive()
     assert [a["fingerprint"] for a in receiver.alerts()] == ["fp0001"]

@@ -116,6 +116,8 @@ class Outbox:
         self._capacity = max(1.0, max_per_second)
         # receiver -> (tokens, monotonic time of the last refill)
         self._buckets: dict[str, tuple[float, float]] = {}
+        # set by enqueue: the delivery loop sleeps until there is something to send
+        self._wake = threading.Event()
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -131,7 +133,12 @@ class Outbox:
             )
             row_id = cur.lastrowid
         assert row_id is not None
+        self._wake.set()
         return row_id
+
+    def wake(self) -> None:
+        """Make ``run`` look at the queue now (new rows, or shutting down)."""
+        self._wake.set()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -258,9 +265,19 @@ class Outbox:
     def run(
         self, stop: threading.Event, senders: Mapping[str, Sender], interval: float = 0.2
     ) -> None:
-        """Call ``deliver_due`` every ``interval`` seconds until ``stop`` is set."""
-        while not stop.wait(interval):
+        """Deliver until ``stop`` is set (call ``wake()`` after setting it).
+
+        Idle costs nothing: the loop sleeps until a row is enqueued or the earliest retry
+        is due, and polls every ``interval`` seconds only while rows are waiting (the rate
+        limit or a backoff holding them)."""
+        while not stop.is_set():
             try:
                 self.deliver_due(senders)
             except Exception:
                 log.exception("alert outbox delivery failed")
+            rows = self._store.query(
+                "SELECT MIN(next_attempt) FROM alert_outbox WHERE delivered IS NULL")
+            nxt = rows[0][0] if rows else None
+            timeout = 3600.0 if nxt is None else max(interval, nxt - self._clock.time())
+            self._wake.wait(timeout)
+            self._wake.clear()

@@ -216,6 +216,13 @@ def _compile_selector(vs: pp.VectorSelector) -> _Vec:
 
     def run(src: SeriesSource, at: float) -> list[Sample]:
         out: list[Sample] = []
+        latest = getattr(src, "latest", None)
+        if latest is not None:  # fast path: the newest point only (MetricHistory has it)
+            for labels, (_ts, v) in latest(name, at - LOOKBACK_SECONDS, at):
+                lb = {**labels, "__name__": name}
+                if all(p(lb) for p in preds):
+                    out.append((lb, v))
+            return out
         for lb, pts in _fetch(src, name, preds, at - LOOKBACK_SECONDS, at):
             for ts, v in reversed(pts):
                 if at - LOOKBACK_SECONDS <= ts <= at:

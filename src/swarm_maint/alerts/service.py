@@ -39,6 +39,9 @@ class AlertService:
     def run_delivery(self, stop: threading.Event) -> None:
         self.outbox.run(stop, self.senders)
 
+    def stop(self) -> None:
+        self.outbox.wake()  # the delivery loop sees the stop event at once
+
     def active(self) -> list[dict[str, Any]]:
         with self._lock:
             alerts = self.engine.active()

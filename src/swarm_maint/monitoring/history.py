@@ -10,6 +10,7 @@ than ``retention`` are deleted.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import threading
@@ -65,7 +66,9 @@ class MetricHistory:
         self._lock = threading.Lock()
         self._times = array("d", [_NAN]) * capacity
         self._series: dict[SeriesKey, array[float]] = {}
+        self._by_name: dict[str, list[SeriesKey]] = {}  # for queries by metric name
         self._last_frame: dict[SeriesKey, int] = {}
+        self._order: tuple[int, list[int], list[float]] = (-1, [], [])  # slots by time
         self._frames = 0  # frames recorded so far; the next goes to slot frames % cap
         # step aggregation for the store: key -> [sum, count, min, max, last]
         self._step_start: float | None = None
@@ -102,6 +105,7 @@ class MetricHistory:
                     if ring is None:
                         ring = array("d", [_NAN]) * cap
                         series[key] = ring
+                        self._by_name.setdefault(s.name, []).append(key)
                     ring[slot] = v
                     last[key] = frame
                     if acc is None or s.name in exclude or v != v:  # v != v: NaN
@@ -124,6 +128,7 @@ class MetricHistory:
                         if frame - seen >= cap:
                             del series[key]
                             del last[key]
+                            self._by_name[key[0]].remove(key)
                         else:
                             series[key][slot] = _NAN
             self._frames += 1
@@ -250,9 +255,47 @@ class MetricHistory:
         series = [SeriesPoints(name, dict(k), pts) for k, pts in merged.items() if pts]
         return "store+memory", series
 
+    def _window(self, start: float, end: float) -> tuple[list[int], list[float]]:
+        """Ring slots (and their times) inside [start, end], oldest first. The slot order
+        is computed once per frame; the window is found by bisection. Caller holds the lock."""
+        if self._order[0] != self._frames:
+            n = min(self._frames, self._cap)
+            first = 0 if self._frames <= self._cap else self._frames % self._cap
+            slots = [(first + i) % self._cap for i in range(n)]
+            self._order = (self._frames, slots, [self._times[i] for i in slots])
+        _, slots, times = self._order
+        lo, hi = bisect.bisect_left(times, start), bisect.bisect_right(times, end)
+        return slots[lo:hi], times[lo:hi]
+
     def series(
         self, name: str, start: float, end: float
     ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
         """Every in-memory series of ``name`` with its raw points in [start, end], oldest
         first, as (labels, points); the PromQL ``SeriesSource`` of the alert evaluator."""
-        return [(s.labels, s.points) for s in self.recent(name, {}, start, end)]
+        with self._lock:
+            slots, times = self._window(start, end)
+            out = []
+            for key in self._by_name.get(name, ()):
+                ring = self._series[key]
+                pts = [(t, ring[i]) for i, t in zip(slots, times, strict=True)
+                       if ring[i] == ring[i]]
+                if pts:
+                    out.append((dict(key[1]), pts))
+        return out
+
+    def latest(
+        self, name: str, start: float, end: float
+    ) -> list[tuple[dict[str, str], tuple[float, float]]]:
+        """The newest point in [start, end] of every series of ``name``: an instant
+        selector's lookback without copying the whole window."""
+        with self._lock:
+            slots, times = self._window(start, end)
+            out = []
+            for key in self._by_name.get(name, ()):
+                ring = self._series[key]
+                for j in range(len(slots) - 1, -1, -1):
+                    v = ring[slots[j]]
+                    if v == v:
+                        out.append((dict(key[1]), (times[j], v)))
+                        break
+        return out
