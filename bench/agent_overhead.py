@@ -42,14 +42,11 @@ from typing import Any
 
 import psutil
 
+import _report  # bench/_report.py: the script's folder is on sys.path
+
 BEGIN = "<!-- BEGIN agent_overhead -->"
 END = "<!-- END agent_overhead -->"
 COMMAND = ".venv/bin/python bench/agent_overhead.py --seconds 60 --write BENCHMARKS.md"
-TITLE = "# Benchmarks"
-PREAMBLE = (
-    "Every figure in this file comes from a command in this file, run side by side with "
-    "the real peer in the same run."
-)
 MIB = 1024.0 * 1024.0
 
 # Targets from the issue.
@@ -498,21 +495,7 @@ def section(env: dict[str, str], args: argparse.Namespace, agent: Result, peer: 
 
 
 def write_section(path: Path, text: str) -> None:
-    if path.exists():
-        old = path.read_text()
-        b, e = old.find(BEGIN), old.find(END)
-        if b != -1 and e > b:
-            end = e + len(END)
-            if old[end:end + 1] == "\n":
-                end += 1
-            new = old[:b] + text + old[end:]
-        else:
-            new = old.rstrip("\n") + "\n\n" + text
-    else:
-        new = f"{TITLE}\n\n{PREAMBLE}\n\n{text}"
-    if not new.lstrip().startswith(TITLE):
-        new = f"{TITLE}\n\n{PREAMBLE}\n\n{new.lstrip()}"
-    path.write_text(new)
+    _report.write_section(path, BEGIN, END, text)
 
 
 # -- main -----------------------------------------------------------------------------------

@@ -69,14 +69,11 @@ from typing import Any
 
 import psutil
 
+import _report  # bench/_report.py: the script's folder is on sys.path
+
 BEGIN = "<!-- BEGIN backup_vs_restic -->"
 END = "<!-- END backup_vs_restic -->"
 COMMAND = ".venv/bin/python bench/backup_vs_restic.py --size-gib 1 --write BENCHMARKS.md"
-TITLE = "# Benchmarks"
-PREAMBLE = (
-    "Every figure in this file comes from a command in this file, run side by side with "
-    "the real peer in the same run."
-)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORK_PARENT = REPO_ROOT / "bench" / "results"  # ignored by git
 MIB = 1 << 20
@@ -1315,21 +1312,7 @@ def json_safe(value: Any) -> Any:
 
 
 def write_section(path: Path, text: str) -> None:
-    if path.exists():
-        old = path.read_text()
-        b, e = old.find(BEGIN), old.find(END)
-        if b != -1 and e > b:
-            end = e + len(END)
-            if old[end:end + 1] == "\n":
-                end += 1
-            new = old[:b] + text + old[end:]
-        else:
-            new = old.rstrip("\n") + "\n\n" + text
-    else:
-        new = f"{TITLE}\n\n{PREAMBLE}\n\n{text}"
-    if not new.lstrip().startswith(TITLE):
-        new = f"{TITLE}\n\n{PREAMBLE}\n\n{new.lstrip()}"
-    path.write_text(new)
+    _report.write_section(path, BEGIN, END, text)
 
 
 # -- main -----------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+import _report  # bench/_report.py: the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = ("<!-- BEGIN health -->", "<!-- END health -->")
@@ -125,7 +126,10 @@ def render(suite: dict[str, Any], lat: list[float]) -> str:
                 break
     s_med, s_max = statistics.median(suite["seconds"]), max(suite["seconds"])
     l_med, l_max = statistics.median(lat), max(lat)
-    verdict = lambda ok: "PASS" if ok else "MISS"  # noqa: E731
+
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
+
     return "\n".join([
         SECTION[0],
         "## Health checks",
@@ -152,10 +156,7 @@ def render(suite: dict[str, Any], lat: list[float]) -> str:
 
 
 def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pat = re.compile(re.escape(SECTION[0]) + ".*?" + re.escape(SECTION[1]), re.S)
-    new = pat.sub(lambda _m: text, old) if pat.search(old) else old.rstrip() + "\n\n" + text
-    path.write_text(new + ("" if new.endswith("\n") else "\n"))
+    _report.write_section(path, SECTION[0], SECTION[1], text + "\n")
 
 
 def main() -> int:

@@ -8,6 +8,8 @@ read-only after errors; ``disk_stuck`` flags a mount whose statvfs hangs.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from ..check import CheckResult, FrameSamples, HealthCheck, HealthContext, Status, worst
 
 __all__ = ["DiskInodesCheck", "DiskReadonlyCheck", "DiskSpaceCheck", "DiskStuckCheck",
@@ -51,15 +53,16 @@ class _FrameCheck:
         self.timeout = ctx.config.timeout
 
 
-class _UsageCheck(_FrameCheck):
+class _UsageCheck(_FrameCheck, ABC):
     """Shared logic of space and inode usage."""
 
     what = ""
     warning = 0.0
     critical = 0.0
 
+    @abstractmethod
     def _usage(self, frame: FrameSamples) -> dict[str, tuple[float, dict[str, float | str]]]:
-        raise NotImplementedError
+        """{mount point: (used share, details)} of the filesystems in ``frame``."""
 
     def run(self) -> CheckResult:
         frame = self._ctx.frame()
