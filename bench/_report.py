@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
-__all__ = ["PREAMBLE", "TITLE", "write_section"]
+__all__ = ["PREAMBLE", "TITLE", "cpu_model", "write_section"]
 
 TITLE = "# Benchmarks"
 PREAMBLE = (
@@ -31,3 +32,13 @@ def write_section(path: Path, begin: str, end: str, text: str) -> None:
     if not new.lstrip().startswith(TITLE):
         new = f"{TITLE}\n\n{PREAMBLE}\n\n{new.lstrip()}"
     path.write_text(new)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -418,16 +418,6 @@ def markdown_table(rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def exporter_version(binary: str) -> str:
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
@@ -448,7 +438,7 @@ def environment(binary: str) -> dict[str, str]:
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cores": str(os.cpu_count()),
-        "cpu": cpu_model(),
+        "cpu": _report.cpu_model(),
         "kernel": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "swarm_maint": agent_version(),

@@ -897,16 +897,6 @@ def disk_ceilings(c: Ceilings, where: Path, buf: bytearray) -> None:
 # -- report ---------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def filesystem_of(path: Path) -> str:
     best, desc = "", "unknown filesystem"
     p = str(path.resolve())
@@ -940,7 +930,7 @@ def environment(paths: Paths, tools: Sequence[str]) -> dict[str, str]:
     env = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cores": str(os.cpu_count()),
-        "cpu": cpu_model(),
+        "cpu": _report.cpu_model(),
         "memory": fmt_bytes(psutil.virtual_memory().total),
         "kernel": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),

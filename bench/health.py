@@ -118,12 +118,7 @@ def xid_latency(runs: int, workdir: Path) -> list[float]:
 
 
 def render(suite: dict[str, Any], lat: list[float]) -> str:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = _report.cpu_model()
     s_med, s_max = statistics.median(suite["seconds"]), max(suite["seconds"])
     l_med, l_max = statistics.median(lat), max(lat)
 
