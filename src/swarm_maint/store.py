@@ -100,6 +100,49 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX alert_outbox_due ON alert_outbox(delivered, next_attempt)
         """,
     ),
+    (
+        "0004_alert_routing_silences",
+        """
+        ALTER TABLE alert_outbox ADD COLUMN group_key TEXT NOT NULL DEFAULT '';
+        ALTER TABLE alert_outbox ADD COLUMN group_labels TEXT NOT NULL DEFAULT '{}';
+        CREATE TABLE alert_state (             -- firing alerts, restored after a restart
+            fingerprint TEXT PRIMARY KEY,
+            rule TEXT NOT NULL,
+            rule_group TEXT NOT NULL,
+            labels TEXT NOT NULL,              -- JSON
+            annotations TEXT NOT NULL,         -- JSON
+            active_since REAL NOT NULL,
+            fired_at REAL NOT NULL,
+            value REAL NOT NULL
+        );
+        CREATE TABLE alert_receiver_state (    -- what each receiver was last told
+            receiver TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            alert TEXT NOT NULL,               -- JSON: labels and annotations, for listings
+            status TEXT NOT NULL,              -- 'firing': queued or sent, resolve due
+            last_enqueued REAL NOT NULL,
+            PRIMARY KEY (receiver, fingerprint)
+        ) WITHOUT ROWID;
+        CREATE TABLE alert_silences (
+            id TEXT PRIMARY KEY,
+            matchers TEXT NOT NULL,            -- JSON list of matcher strings
+            starts REAL NOT NULL,
+            ends REAL NOT NULL,
+            comment TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created REAL NOT NULL
+        );
+        CREATE INDEX alert_silences_ends ON alert_silences(ends);
+        CREATE TABLE maintenance_windows (
+            id TEXT PRIMARY KEY,
+            reason TEXT NOT NULL,
+            matchers TEXT NOT NULL,            -- JSON list, empty: the configured defaults
+            started REAL NOT NULL,
+            deadline REAL NOT NULL,            -- held alerts are released after this at most
+            ended REAL                         -- NULL while the maintenance runs
+        )
+        """,
+    ),
 ]
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import pytest
 
 from swarm_maint.alerts.engine import Alert, AlertChange
-from swarm_maint.alerts.notifiers import Notifier, NotifyError
+from swarm_maint.alerts.notifiers import Batch, Notifier, NotifyError
 from swarm_maint.alerts.notifiers.webhook import WebhookNotifier
 from swarm_maint.alerts.outbox import ZERO_TIME, Outbox, rfc3339
 from swarm_maint.store import Store
@@ -242,14 +242,14 @@ def test_webhook_body_has_alertmanager_shape(tmp_path: Path, receiver: Receiver)
 def test_unknown_receiver_keeps_the_row_with_its_error(tmp_path: Path) -> None:
     clock = FakeClock()
     ob = make(tmp_path / "s.db", clock)
-    sent: list[list[dict[str, Any]]] = []
+    sent: list[Batch] = []
     ob.enqueue("nope", change(1))
     ob.enqueue("known", change(2))
     assert ob.deliver_due({"known": sent.append}) == 1
     [p] = ob.pending()
     assert (p["receiver"], p["attempts"], p["last_error"]) == ("nope", 1, "no such receiver")
     assert p["next_attempt"] > clock.now
-    assert [x["fingerprint"] for batch in sent for x in batch] == ["fp0002"]
+    assert [x["fingerprint"] for batch in sent for x in batch.alerts] == ["fp0002"]
     # the receiver appears later (config reload): the row is delivered
     clock.advance(60)
     assert ob.deliver_due({"nope": sent.append}) == 1

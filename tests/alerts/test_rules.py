@@ -314,13 +314,25 @@ def test_cli_rules_check(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cli_rules_list() -> None:
+def test_cli_rules_list_has_defaults_and_configured_files(tmp_path: Path) -> None:
     import json
 
+    mine = tmp_path / "mine.yml"
+    mine.write_text("groups:\n  - name: site\n    rules:\n      - alert: Mine\n"
+                    "        expr: swarm_load1 > 100\n        labels: {severity: page}\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[alerts]\nrule_files = ["{mine}"]\n')
     r = run_cli("alerts", "rules", "list", "--json")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data[0]["name"] == "Watchdog" and data[0]["labels"] == {"severity": "none"}
-    r = run_cli("alerts", "rules", "list")
+    assert "Mine" not in {d["name"] for d in data}
+    r = run_cli("alerts", "rules", "list", "--json", "--config", str(cfg))
+    assert {"Watchdog", "Mine"} <= {d["name"] for d in json.loads(r.stdout)}
+    r = run_cli("alerts", "rules", "list", "--config", str(cfg))
     assert r.returncode == 0
-    assert "gpu/GpuLost  severity=critical  for=0s  swarm_gpu_lost == 1" in r.stdout
+    rows = [line.split("│") for line in r.stdout.splitlines() if "│" in line]
+    cells = [[c.strip() for c in row] for row in rows]
+    assert any(c[1:6] == ["gpu", "GpuLost", "critical", "0s", "swarm_gpu_lost == 1"]
+               for c in cells)
+    assert any(c[1:5] == ["site", "Mine", "page", "0s"] for c in cells)

@@ -100,8 +100,10 @@ class AlertEngine:
         *,
         flap_threshold: int = 4,
         flap_window: float = 600.0,
+        external_labels: dict[str, str] | None = None,
     ) -> None:
         self.rules = list(rules)
+        self._external = dict(external_labels or {})
         self._source = source
         self._clock = clock
         self._flap_threshold = flap_threshold
@@ -117,6 +119,8 @@ class AlertEngine:
         out: dict[str, tuple[dict[str, str], float]] = {}
         for sample_labels, value in samples:
             labels = {k: v for k, v in sample_labels.items() if k != "__name__"}
+            for k, v in self._external.items():  # e.g. node: the series' own label wins
+                labels.setdefault(k, v)
             labels.update(rule.render_labels(labels, value))
             labels["alertname"] = rule.name
             fp = fingerprint(labels)
@@ -211,7 +215,36 @@ class AlertEngine:
                 changes.append(AlertChange("resolved", _copy(a)))
         return changes
 
+    # -- restart --------------------------------------------------------------------------
+
+    def restore(self, alerts: Iterable[Alert], at: float) -> list[Alert]:
+        """Take back alerts that were firing before a restart; the ones whose rule is gone
+        are returned (they can never resolve here: the caller resolves them).
+
+        A restored alert fires on without a new ``for`` wait; when its condition is absent
+        it resolves as usual, but not before the longest range of its rule has passed since
+        ``at`` (a fresh agent has no samples yet for ``increase(x[10m])``)."""
+        index = {(r.group, r.name): i for i, r in enumerate(self.rules)}
+        orphans = []
+        for a in alerts:
+            i = index.get((a.group, a.rule))
+            if i is None:
+                orphans.append(_copy(a))
+                continue
+            restored = replace(_copy(a), state="firing")
+            tr = _Tracked(restored, last_change=at)
+            tr.present = False
+            tr.gone_since = at + self.rules[i].expr.max_range
+            self._alerts[i][a.fingerprint] = tr
+        return orphans
+
     # -- inspection -----------------------------------------------------------------------
+
+    def firing(self) -> list[Alert]:
+        """The firing alerts themselves (not copies: read them, do not keep or change them;
+        the caller serializes with ``evaluate``)."""
+        return [tr.alert for alerts in self._alerts for tr in alerts.values()
+                if tr.alert.state == "firing"]
 
     def active(self) -> list[Alert]:
         """Pending and firing alerts (copies), sorted by rule and fingerprint."""

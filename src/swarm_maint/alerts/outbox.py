@@ -6,15 +6,18 @@ earlier one did not, and never re-sends a row once it is marked delivered.
 
 Delivery (``deliver_due``):
 
-* Order: each receiver's rows are delivered strictly in creation (id) order. There is no
-  coalescing: a ``firing`` followed by a ``resolved`` for the same alert are both kept
-  and both sent, in that order. A receiver's rows after one that is backing off wait for
-  it (head-of-line), so a receiver never sees a ``resolved`` before its ``firing``: a
-  receiver is due when its oldest undelivered row is, and then its oldest rows are sent.
+* Groups: every row carries the ``group_key`` (and ``group_labels``) its route gave it.
+  A receiver's rows of one group are sent together, oldest first, as one ``Batch``.
+  There is no coalescing: a ``firing`` followed by a ``resolved`` for the same alert are
+  both kept and both sent, in that order.
+* Order: a group is due when its oldest undelivered row is (``next_attempt``; a route's
+  ``group_wait`` delays the first row of a new group); the group's later rows wait for it
+  (head-of-line), so a receiver never sees an alert's ``resolved`` before its ``firing``
+  (an alert always falls in the same group). Groups are independent of each other.
 * Rate: a token bucket per receiver refills at ``max_per_second`` (on the clock's
   monotonic time) and holds at most ``max(1, max_per_second)`` tokens, so a receiver that
   comes back after an hour gets a bounded rate, not a storm. One token per notification;
-  a call sends the due prefix of the receiver's queue that the tokens allow as one batch.
+  a batch holds at most the tokens available.
 * Failure: when the sender raises, every row of the batch gets ``attempts + 1``,
   ``last_error`` (one line) and ``next_attempt = now + min(max_delay, base_delay *
   2**attempts) * uniform(1 - jitter, 1 + jitter)`` (``attempts`` before the increment).
@@ -42,12 +45,13 @@ from typing import Any
 from ..clock import Clock
 from ..store import Store
 from .engine import AlertChange
+from .notifiers import Batch
 
 __all__ = ["ZERO_TIME", "Outbox", "Sender", "alert_payload", "rfc3339"]
 
 log = logging.getLogger(__name__)
 
-Sender = Callable[[list[dict[str, Any]]], None]
+Sender = Callable[[Batch], None]
 
 # Alertmanager's "no end time" (Go's zero time.Time).
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -77,6 +81,11 @@ def alert_payload(change: AlertChange, now: float) -> dict[str, Any]:
         "endsAt": ends,
         "fingerprint": a.fingerprint,
     }
+
+
+def _batch_key(group_key: str, group_labels: str) -> str:
+    """Alertmanager-style group key: ``{}:{}`` plus the group's labels."""
+    return f"{{}}/{group_key}:{group_labels}" if group_key else "{}:{}"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -121,20 +130,45 @@ class Outbox:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def enqueue(self, receiver: str, change: AlertChange) -> int:
-        """Store a notification for ``receiver`` durably; its row id."""
+    def enqueue(
+        self,
+        receiver: str,
+        change: AlertChange,
+        *,
+        group_key: str = "",
+        group_labels: Mapping[str, str] | None = None,
+        group_wait: float = 0.0,
+    ) -> int:
+        """Store a notification for ``receiver`` durably; its row id.
+
+        The first row of a group that has nothing queued waits ``group_wait`` seconds, so
+        alerts of the same group that come soon after go in the same message."""
         now = self._clock.time()
         payload = json.dumps(alert_payload(change, now), sort_keys=True)
+        labels = json.dumps(dict(group_labels or {}), sort_keys=True)
         with self._store.transaction() as conn:
+            queued = group_wait > 0 and conn.execute(
+                "SELECT 1 FROM alert_outbox WHERE delivered IS NULL AND receiver = ?"
+                " AND group_key = ? LIMIT 1", (receiver, group_key),
+            ).fetchone() is not None
+            due = now if queued or group_wait <= 0 else now + group_wait
             cur = conn.execute(
                 "INSERT INTO alert_outbox (receiver, fingerprint, kind, payload, created,"
-                " attempts, next_attempt) VALUES (?, ?, ?, ?, ?, 0, ?)",
-                (receiver, change.alert.fingerprint, change.kind, payload, now, now),
+                " attempts, next_attempt, group_key, group_labels)"
+                " VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                (receiver, change.alert.fingerprint, change.kind, payload, now, due,
+                 group_key, labels),
             )
             row_id = cur.lastrowid
         assert row_id is not None
         self._wake.set()
         return row_id
+
+    def queued(self, receiver: str, fingerprint: str) -> bool:
+        """Whether a notification about this alert still waits for ``receiver``."""
+        return bool(self._store.query(
+            "SELECT 1 FROM alert_outbox WHERE delivered IS NULL AND receiver = ?"
+            " AND fingerprint = ? LIMIT 1", (receiver, fingerprint)))
 
     def wake(self) -> None:
         """Make ``run`` look at the queue now (new rows, or shutting down)."""
@@ -146,7 +180,8 @@ class Outbox:
         """The undelivered notifications, oldest first."""
         rows = self._store.query(
             "SELECT id, receiver, fingerprint, kind, payload, created, attempts,"
-            " next_attempt, last_error FROM alert_outbox WHERE delivered IS NULL ORDER BY id"
+            " next_attempt, last_error, group_key FROM alert_outbox WHERE delivered IS NULL"
+            " ORDER BY id"
         )
         return [
             {
@@ -159,25 +194,23 @@ class Outbox:
                 "attempts": r[6],
                 "next_attempt": r[7],
                 "last_error": r[8],
+                "group_key": r[9],
             }
             for r in rows
         ]
 
     # -- delivery ---------------------------------------------------------------------------
 
-    def _take_tokens(self, receiver: str, wanted: int) -> int:
-        """Up to ``wanted`` whole tokens from ``receiver``'s bucket (refilled first)."""
+    def _take_tokens(self, receiver: str, wanted: int, *, peek: bool = False) -> int:
+        """Up to ``wanted`` whole tokens from ``receiver``'s bucket (refilled first);
+        with ``peek`` only how many there are."""
         mono = self._clock.monotonic()
         tokens, last = self._buckets.get(receiver, (self._capacity, mono))
         tokens = min(self._capacity, tokens + max(0.0, mono - last) * self.max_per_second)
         n = min(wanted, int(tokens))
-        self._buckets[receiver] = (tokens - n, mono)
+        if not peek:
+            self._buckets[receiver] = (tokens - n, mono)
         return n
-
-    def _peek_tokens(self, receiver: str) -> int:
-        mono = self._clock.monotonic()
-        tokens, last = self._buckets.get(receiver, (self._capacity, mono))
-        return int(min(self._capacity, tokens + max(0.0, mono - last) * self.max_per_second))
 
     def _backoff(self, attempts: int) -> float:
         delay = min(self.max_delay, self.base_delay * 2.0 ** min(attempts, 64))
@@ -233,34 +266,44 @@ class Outbox:
             )
             self._fail([(r[0], r[1]) for r in rows], "no such receiver", now)
             return 0
-        limit = self._peek_tokens(receiver)
-        if limit <= 0:
-            return 0
-        head = self._store.query(
-            "SELECT id, attempts, next_attempt, payload FROM alert_outbox"
-            " WHERE delivered IS NULL AND receiver = ? ORDER BY id LIMIT ?",
-            (receiver, limit),
+        # each group's oldest row (SQLite takes the bare columns from the MIN(id) row)
+        heads = self._store.query(
+            "SELECT group_key, MIN(id), next_attempt, group_labels FROM alert_outbox"
+            " WHERE delivered IS NULL AND receiver = ? GROUP BY group_key ORDER BY 2",
+            (receiver,),
         )
-        if not head or head[0][2] > now:  # head-of-line: keep the receiver's order
-            return 0
-        batch = [(row_id, attempts, payload) for row_id, attempts, _, payload in head]
-        self._take_tokens(receiver, len(batch))
-        try:
-            sender([json.loads(p) for _, _, p in batch])
-        except Exception as exc:
-            error = _one_line(exc)
-            log.warning(
-                "alert receiver %s: delivery of %d notification(s) failed: %s",
-                receiver, len(batch), error,
+        delivered = 0
+        for group_key, _, next_attempt, group_labels in heads:
+            if next_attempt > now:
+                continue
+            limit = self._take_tokens(receiver, 1 << 30, peek=True)
+            if limit <= 0:
+                break
+            rows = self._store.query(
+                "SELECT id, attempts, payload FROM alert_outbox WHERE delivered IS NULL"
+                " AND receiver = ? AND group_key = ? ORDER BY id LIMIT ?",
+                (receiver, group_key, limit),
             )
-            self._fail([(i, a) for i, a, _ in batch], error, now)
-            return 0
-        with self._store.transaction() as conn:
-            conn.executemany(
-                "UPDATE alert_outbox SET delivered = ?, last_error = NULL WHERE id = ?",
-                [(self._clock.time(), i) for i, _, _ in batch],
-            )
-        return len(batch)
+            self._take_tokens(receiver, len(rows))
+            batch = Batch(receiver, [json.loads(p) for _, _, p in rows],
+                          json.loads(group_labels), _batch_key(group_key, group_labels))
+            try:
+                sender(batch)
+            except Exception as exc:
+                error = _one_line(exc)
+                log.warning(
+                    "alert receiver %s: delivery of %d notification(s) failed: %s",
+                    receiver, len(rows), error,
+                )
+                self._fail([(i, a) for i, a, _ in rows], error, now)
+                continue
+            with self._store.transaction() as conn:
+                conn.executemany(
+                    "UPDATE alert_outbox SET delivered = ?, last_error = NULL WHERE id = ?",
+                    [(self._clock.time(), i) for i, _, _ in rows],
+                )
+            delivered += len(rows)
+        return delivered
 
     def run(
         self, stop: threading.Event, senders: Mapping[str, Sender], interval: float = 0.2
@@ -275,8 +318,10 @@ class Outbox:
                 self.deliver_due(senders)
             except Exception:
                 log.exception("alert outbox delivery failed")
+            # the earliest group head: rows behind a head wait for it
             rows = self._store.query(
-                "SELECT MIN(next_attempt) FROM alert_outbox WHERE delivered IS NULL")
+                "SELECT MIN(na) FROM (SELECT next_attempt AS na, MIN(id) FROM alert_outbox"
+                " WHERE delivered IS NULL GROUP BY receiver, group_key)")
             nxt = rows[0][0] if rows else None
             timeout = 3600.0 if nxt is None else max(interval, nxt - self._clock.time())
             self._wake.wait(timeout)

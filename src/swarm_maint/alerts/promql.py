@@ -27,6 +27,10 @@ Simplifications against Prometheus:
   the full range (Prometheus extrapolates only up to half a sample interval past the
   first and last samples, and not below zero); ``delta`` is the same without reset
   handling. Fewer than two samples give no result, as in Prometheus.
+* A counter that appeared inside the window of ``rate``/``increase`` while the source was
+  watching (``SeriesBirths``; e.g. the first XID of a code) is taken to have started at 0,
+  like Prometheus with created timestamps: ``increase`` is then its last value plus resets,
+  not extrapolated, so a first event can fire a rule.
 * No staleness markers: a series that stops being collected stays visible to instant
   selectors until its last sample is older than 300 s.
 * Matching cardinality errors (duplicate series on one side of a one-to-one operation)
@@ -51,6 +55,7 @@ __all__ = [
     "LOOKBACK_SECONDS",
     "Expr",
     "Sample",
+    "SeriesBirths",
     "SeriesSource",
     "UnsupportedExpression",
     "compile_expr",
@@ -69,6 +74,13 @@ class SeriesSource(Protocol):
         self, name: str, start: float, end: float
     ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
         """Every series of metric ``name`` with its points in [start, end], oldest first."""
+        ...
+
+
+class SeriesBirths(Protocol):
+    def births(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        """When each series of ``name`` first appeared, for those that appeared after the
+        source began watching (keyed by the label pairs in the order ``series`` gives)."""
         ...
 
 
@@ -96,6 +108,7 @@ class _Scalar:
 class _Mat:
     fn: MatFn
     range_s: float
+    name: str = ""
 
 
 _Node: TypeAlias = _Vec | _Scalar | _Mat
@@ -108,6 +121,7 @@ class Expr:
     text: str
     kind: Literal["vector", "scalar"]
     _node: _Vec | _Scalar
+    max_range: float = 0.0  # the longest range selector, in seconds (0 when none)
 
     def evaluate(self, source: SeriesSource, at: float) -> list[Sample] | float:
         """The instant vector (list of samples) or scalar value of the expression at ``at``."""
@@ -124,7 +138,19 @@ def compile_expr(text: str) -> Expr:
     node = _compile(ast)
     if isinstance(node, _Mat):
         raise UnsupportedExpression("range vector results are not supported")
-    return Expr(text, "vector" if isinstance(node, _Vec) else "scalar", node)
+    return Expr(text, "vector" if isinstance(node, _Vec) else "scalar", node, _max_range(ast))
+
+
+def _max_range(e: object) -> float:
+    if isinstance(e, pp.MatrixSelector):
+        return float(e.range.total_seconds())
+    children: list[object] = []
+    for attr in ("lhs", "rhs", "expr", "param"):
+        child = getattr(e, attr, None)
+        if child is not None:
+            children.append(child)
+    children.extend(getattr(e, "args", None) or [])
+    return max((_max_range(c) for c in children), default=0.0)
 
 
 # -- compilation ----------------------------------------------------------------------------
@@ -245,7 +271,7 @@ def _compile_matrix(ms: pp.MatrixSelector) -> _Mat:
                 out.append((lb, inside))
         return out
 
-    return _Mat(run, rng)
+    return _Mat(run, rng, name)
 
 
 # -- binary operators -------------------------------------------------------------------------
@@ -490,11 +516,20 @@ def _compile_call(e: pp.Call) -> _Node:
         reduce = _OVER_TIME[fname] if fname in _OVER_TIME else _rate_like(fname, m.range_s)
         keep_name = fname == "last_over_time"
         mf = m.fn
+        counter = fname in ("rate", "increase")
+        range_s, mname = m.range_s, m.name
 
         def over_range(src: SeriesSource, at: float) -> list[Sample]:
             out: list[Sample] = []
+            births_fn = getattr(src, "births", None) if counter else None
+            births = births_fn(mname) if births_fn is not None else {}
             for lb, pts in mf(src, at):
-                v = reduce(pts)
+                born = births.get(tuple(lb.items())) if births else None
+                if born is not None and at - range_s < born <= pts[0][0]:
+                    grown = _counter_delta(pts, True) + pts[0][1]  # from 0 at its birth
+                    v: float | None = grown if fname == "increase" else grown / range_s
+                else:
+                    v = reduce(pts)
                 if v is not None:
                     out.append((lb if keep_name else _drop_name(lb), v))
             return out

@@ -19,6 +19,7 @@ from ..health.runner import HealthRunner
 from ..monitoring.history import Aggregate
 from ..monitoring.hub import MetricsHub
 from ..monitoring.summary import node_summary
+from .alerts_routes import alerts_router
 from .auth import token_matches
 
 __all__ = ["METRICS_CONTENT_TYPE", "ApiContext", "create_app", "parse_time"]
@@ -125,12 +126,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         now = ctx.clock.time()
         return {"transitions": ctx.health.history(check, parse_time(since, now, 0.0), limit)}
 
-    @app.get("/api/v1/alerts")
-    def alerts() -> dict[str, Any]:
-        if ctx.alerts is None:
-            return {"enabled": False, "alerts": [], "outbox": []}
-        return {"enabled": True, "alerts": ctx.alerts.active(),
-                "outbox": ctx.alerts.outbox.pending()}
+    app.include_router(alerts_router(lambda: ctx.alerts, ctx.clock.time, require_token))
 
     @app.get("/api/v1/metrics/names")
     def metric_names() -> dict[str, Any]:

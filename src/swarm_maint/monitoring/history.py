@@ -31,6 +31,11 @@ _AGG_COLUMNS: dict[str, str] = {"avg": "avg", "min": "min", "max": "max", "last"
 _NAN = math.nan
 
 
+# Series that appear in the first frames existed before the agent started; later ones
+# were created while it watched (see ``births``).
+_WARMUP_FRAMES = 3
+
+
 @dataclass(frozen=True)
 class SeriesPoints:
     name: str
@@ -68,6 +73,7 @@ class MetricHistory:
         self._series: dict[SeriesKey, array[float]] = {}
         self._by_name: dict[str, list[SeriesKey]] = {}  # for queries by metric name
         self._last_frame: dict[SeriesKey, int] = {}
+        self._born: dict[SeriesKey, float] = {}  # series first seen after the warm-up
         self._order: tuple[int, list[int], list[float]] = (-1, [], [])  # slots by time
         self._frames = 0  # frames recorded so far; the next goes to slot frames % cap
         # step aggregation for the store: key -> [sum, count, min, max, last]
@@ -106,6 +112,8 @@ class MetricHistory:
                         ring = array("d", [_NAN]) * cap
                         series[key] = ring
                         self._by_name.setdefault(s.name, []).append(key)
+                        if frame >= _WARMUP_FRAMES:
+                            self._born[key] = ts
                     ring[slot] = v
                     last[key] = frame
                     if acc is None or s.name in exclude or v != v:  # v != v: NaN
@@ -128,6 +136,7 @@ class MetricHistory:
                         if frame - seen >= cap:
                             del series[key]
                             del last[key]
+                            self._born.pop(key, None)
                             self._by_name[key[0]].remove(key)
                         else:
                             series[key][slot] = _NAN
@@ -282,6 +291,14 @@ class MetricHistory:
                 if pts:
                     out.append((dict(key[1]), pts))
         return out
+
+    def births(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        """When each series of ``name`` that appeared after the first few frames (a
+        collector may need a couple of rounds to report everything) was first seen
+        (``promql.SeriesBirths``: a new counter counts from 0)."""
+        with self._lock:
+            return {key[1]: self._born[key] for key in self._by_name.get(name, ())
+                    if key in self._born}
 
     def latest(
         self, name: str, start: float, end: float

@@ -2,10 +2,10 @@
 
 One POST per batch::
 
-    {"version": "4", "groupKey": "{}:{}", "truncatedAlerts": 0, "status": "firing",
-     "receiver": NAME, "groupLabels": {}, "commonLabels": {...}, "commonAnnotations": {...},
-     "externalURL": "", "alerts": [{"status", "labels", "annotations", "startsAt",
-     "endsAt", "generatorURL": "", "fingerprint"}, ...]}
+    {"version": "4", "groupKey": KEY, "truncatedAlerts": 0, "status": "firing",
+     "receiver": NAME, "groupLabels": {...}, "commonLabels": {...},
+     "commonAnnotations": {...}, "externalURL": "", "alerts": [{"status", "labels",
+     "annotations", "startsAt", "endsAt", "generatorURL": "", "fingerprint"}, ...]}
 
 ``status`` is "firing" when any alert of the batch is firing, else "resolved";
 ``commonLabels``/``commonAnnotations`` are the pairs shared by every alert.
@@ -13,13 +13,16 @@ One POST per batch::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from . import NotifyError
+from . import Batch, NotifyError, one_line
 
-__all__ = ["WebhookNotifier", "webhook_body"]
+if TYPE_CHECKING:
+    from ...config import ReceiverConfig
+
+__all__ = ["WebhookNotifier", "create", "post_json", "webhook_body"]
 
 
 def _common(maps: list[dict[str, str]]) -> dict[str, str]:
@@ -31,8 +34,8 @@ def _common(maps: list[dict[str, str]]) -> dict[str, str]:
     return common
 
 
-def webhook_body(receiver: str, payloads: list[dict[str, Any]]) -> dict[str, Any]:
-    """The Alertmanager webhook document for ``payloads``."""
+def webhook_body(batch: Batch) -> dict[str, Any]:
+    """The Alertmanager webhook document for ``batch``."""
     alerts = [
         {
             "status": p["status"],
@@ -43,21 +46,32 @@ def webhook_body(receiver: str, payloads: list[dict[str, Any]]) -> dict[str, Any
             "generatorURL": "",
             "fingerprint": p["fingerprint"],
         }
-        for p in payloads
+        for p in batch.alerts
     ]
-    firing = any(a["status"] == "firing" for a in alerts)
     return {
         "version": "4",
-        "groupKey": "{}:{}",
+        "groupKey": batch.group_key,
         "truncatedAlerts": 0,
-        "status": "firing" if firing else "resolved",
-        "receiver": receiver,
-        "groupLabels": {},
+        "status": batch.status,
+        "receiver": batch.receiver,
+        "groupLabels": dict(batch.group_labels),
         "commonLabels": _common([a["labels"] for a in alerts]),
         "commonAnnotations": _common([a["annotations"] for a in alerts]),
         "externalURL": "",
         "alerts": alerts,
     }
+
+
+def post_json(url: str, body: Any, headers: dict[str, str], timeout: float) -> httpx.Response:
+    """POST ``body`` as JSON; ``NotifyError`` (one line) unless the answer is 2xx."""
+    try:
+        resp = httpx.post(url, json=body, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise NotifyError(f"{url}: {one_line(exc)}") from None
+    if not 200 <= resp.status_code < 300:
+        text = resp.text.strip().splitlines()[0][:200] if resp.text.strip() else ""
+        raise NotifyError(f"{url}: HTTP {resp.status_code}" + (f": {text}" if text else ""))
+    return resp
 
 
 class WebhookNotifier:
@@ -76,16 +90,9 @@ class WebhookNotifier:
         self.timeout = timeout
         self.headers = dict(headers or {})
 
-    def send(self, payloads: list[dict[str, Any]]) -> None:
-        body = webhook_body(self.name, payloads)
-        try:
-            resp = httpx.post(self.url, json=body, headers=self.headers, timeout=self.timeout)
-        except httpx.HTTPError as exc:
-            detail = str(exc).strip().splitlines()
-            msg = f"{type(exc).__name__}: {detail[0]}" if detail else type(exc).__name__
-            raise NotifyError(f"{self.url}: {msg}") from None
-        if not 200 <= resp.status_code < 300:
-            text = resp.text.strip().splitlines()[0][:200] if resp.text.strip() else ""
-            raise NotifyError(
-                f"{self.url}: HTTP {resp.status_code}" + (f": {text}" if text else "")
-            )
+    def send(self, batch: Batch) -> None:
+        post_json(self.url, webhook_body(batch), self.headers, self.timeout)
+
+
+def create(cfg: ReceiverConfig) -> WebhookNotifier:
+    return WebhookNotifier(cfg.url, timeout=cfg.timeout, headers=cfg.headers, name=cfg.name)
