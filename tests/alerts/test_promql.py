@@ -81,7 +81,7 @@ def test_selector_matchers(gpus: MetricHistory) -> None:
     assert ev(gpus, "no_such_metric", 100.0) == []
 
 
-def test_lookback_takes_newest_sample_and_goes_stale_after_300s() -> None:
+def test_lookback_takes_newest_sample_and_goes_stale_after_3_missing_frames() -> None:
     frames: list[tuple[float, Frame]] = []
     for i in range(10):
         ts = 60.0 * i
@@ -91,10 +91,13 @@ def test_lookback_takes_newest_sample_and_goes_stale_after_300s() -> None:
         frames.append((ts, {TEMP: rows}))
     h = history(frames)
     assert ev(h, TEMP + '{gpu="0"}', 90.0) == [({"__name__": TEMP, "gpu": "0"}, 1.0)]
-    assert ev(h, TEMP + '{gpu="1"}', 300.0) == [({"__name__": TEMP, "gpu": "1"}, 102.0)]
-    assert ev(h, TEMP + '{gpu="1"}', 420.0) == [({"__name__": TEMP, "gpu": "1"}, 102.0)]
-    assert ev(h, TEMP + '{gpu="1"}', 421.0) == []
+    # gpu 1 is missing from the frames at 180 and 240: bridged; at 300 too: stale
+    assert ev(h, TEMP + '{gpu="1"}', 299.0) == [({"__name__": TEMP, "gpu": "1"}, 102.0)]
+    assert ev(h, TEMP + '{gpu="1"}', 300.0) == []
     assert [lb["gpu"] for lb, _ in ev(h, TEMP, 500.0)] == ["0"]
+    # without newer frames the 300 s lookback ends a series too
+    assert ev(h, TEMP + '{gpu="0"}', 840.0) == [({"__name__": TEMP, "gpu": "0"}, 9.0)]
+    assert ev(h, TEMP + '{gpu="0"}', 841.0) == []
     assert ev(h, TEMP, -1.0) == []  # nothing at or before `at`
 
 
@@ -226,6 +229,27 @@ def test_rate_and_increase_handle_counter_resets() -> None:
     # one sample in the window: no result
     assert ev(h, f"rate({XID}[1m])", 180.0) == []
     assert ev(h, f"delta({XID}[5m])", 240.0) == [({"code": "48", "gpu": "0"}, 5.0 * 300 / 240)]
+
+
+def test_a_counter_born_while_watching_counts_from_zero() -> None:
+    """The first XID of a code creates its series at 1: increase() must see that 1."""
+    frames: list[tuple[float, Frame]] = []
+    for i in range(10):
+        rows: list[Row] = [({"gpu": "0", "code": "13"}, 4.0)]  # existed before the agent
+        if i >= 6:
+            rows.append(({"gpu": "0", "code": "79"}, 1.0 if i < 8 else 2.0))
+        frames.append((float(i), {XID: rows}))
+    h = history(frames)
+    assert ev(h, f"increase({XID}[10m])", 6.0) == [
+        ({"code": "13", "gpu": "0"}, 0.0), ({"code": "79", "gpu": "0"}, 1.0)]
+    assert ev(h, f"increase({XID}[10m])", 9.0) == [
+        ({"code": "13", "gpu": "0"}, 0.0), ({"code": "79", "gpu": "0"}, 2.0)]
+    assert ev(h, f"rate({XID}[10s])", 9.0)[1] == ({"code": "79", "gpu": "0"}, 0.2)
+    # a series seen from the first frames is not taken to start at 0 (one sample: nothing)
+    assert ev(h, f'increase({XID}{{code="13"}}[1s])', 9.0) == []
+    # once its birth is out of the window, the usual extrapolation applies
+    # (6, 9] holds 1, 2, 2 over 2 s: 0.5/s extrapolated to 3 s
+    assert ev(h, f"increase({XID}[3s])", 9.0)[1] == ({"code": "79", "gpu": "0"}, 1.5)
 
 
 def test_over_time_functions() -> None:

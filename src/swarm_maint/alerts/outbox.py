@@ -83,9 +83,9 @@ def alert_payload(change: AlertChange, now: float) -> dict[str, Any]:
     }
 
 
-def _batch_key(group_key: str, group_labels: str) -> str:
-    """Alertmanager-style group key: ``{}:{}`` plus the group's labels."""
-    return f"{{}}/{group_key}:{group_labels}" if group_key else "{}:{}"
+def _batch_key(group_key: str) -> str:
+    """The route's group key (``{}:{}`` for rows queued without one)."""
+    return group_key or "{}:{}"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -286,7 +286,7 @@ class Outbox:
             )
             self._take_tokens(receiver, len(rows))
             batch = Batch(receiver, [json.loads(p) for _, _, p in rows],
-                          json.loads(group_labels), _batch_key(group_key, group_labels))
+                          json.loads(group_labels), _batch_key(group_key))
             try:
                 sender(batch)
             except Exception as exc:

@@ -31,8 +31,9 @@ Simplifications against Prometheus:
   watching (``SeriesBirths``; e.g. the first XID of a code) is taken to have started at 0,
   like Prometheus with created timestamps: ``increase`` is then its last value plus resets,
   not extrapolated, so a first event can fire a rule.
-* No staleness markers: a series that stops being collected stays visible to instant
-  selectors until its last sample is older than 300 s.
+* Staleness: over ``MetricHistory`` (which knows the frames), a series missing from the
+  last 3 frames is stale, as Prometheus marks series that vanish from a scrape; a source
+  without frames keeps a series visible until its last sample is older than 300 s.
 * Matching cardinality errors (duplicate series on one side of a one-to-one operation)
   raise ``ValueError`` at evaluation time.
 
@@ -524,7 +525,8 @@ def _compile_call(e: pp.Call) -> _Node:
             births_fn = getattr(src, "births", None) if counter else None
             births = births_fn(mname) if births_fn is not None else {}
             for lb, pts in mf(src, at):
-                born = births.get(tuple(lb.items())) if births else None
+                born = births.get(tuple((k, v) for k, v in lb.items()
+                                        if k != "__name__")) if births else None
                 if born is not None and at - range_s < born <= pts[0][0]:
                     grown = _counter_delta(pts, True) + pts[0][1]  # from 0 at its birth
                     v: float | None = grown if fname == "increase" else grown / range_s

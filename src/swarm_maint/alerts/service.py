@@ -77,13 +77,14 @@ class AlertService:
         ]
         with self._lock:
             orphans = self.engine.restore(alerts, at)
-        known = {a.fingerprint for a in alerts} - {a.fingerprint for a in orphans}
+        known = {a.fingerprint for a in alerts}
         for a in orphans:  # their rule is gone: they can only end
             a.state, a.resolved_at = "resolved", at
+            self._persist(AlertChange("resolved", a))
             self._resolved(AlertChange("resolved", a))
         # told about an alert nobody remembers firing (its state row was lost): resolve it
         for (receiver, fp) in list(self._told):
-            if fp in known or fp in {a.fingerprint for a in orphans}:
+            if fp in known or (receiver, fp) not in self._told:
                 continue
             rows = self.store.query("SELECT alert FROM alert_receiver_state WHERE"
                                     " receiver = ? AND fingerprint = ?", (receiver, fp))

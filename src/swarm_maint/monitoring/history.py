@@ -34,6 +34,8 @@ _NAN = math.nan
 # Series that appear in the first frames existed before the agent started; later ones
 # were created while it watched (see ``births``).
 _WARMUP_FRAMES = 3
+# A series absent from this many frames in a row is stale (see ``latest``).
+_STALE_FRAMES = 3
 
 
 @dataclass(frozen=True)
@@ -304,13 +306,18 @@ class MetricHistory:
         self, name: str, start: float, end: float
     ) -> list[tuple[dict[str, str], tuple[float, float]]]:
         """The newest point in [start, end] of every series of ``name``: an instant
-        selector's lookback without copying the whole window."""
+        selector's lookback without copying the whole window.
+
+        Staleness, as Prometheus marks series that vanish from a scrape: a series missing
+        from the last ``_STALE_FRAMES`` frames up to ``end`` has no value (fewer missing
+        frames are bridged, so one failed collection does not end an alert)."""
         with self._lock:
             slots, times = self._window(start, end)
             out = []
+            oldest = max(-1, len(slots) - 1 - _STALE_FRAMES)
             for key in self._by_name.get(name, ()):
                 ring = self._series[key]
-                for j in range(len(slots) - 1, -1, -1):
+                for j in range(len(slots) - 1, oldest, -1):
                     v = ring[slots[j]]
                     if v == v:
                         out.append((dict(key[1]), (times[j], v)))
