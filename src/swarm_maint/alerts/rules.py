@@ -17,9 +17,10 @@ A rule file is Prometheus' YAML format::
 Recording rules (``record:``) are not supported yet. Every problem raises a
 :class:`~swarm_maint.errors.ConfigError` with one line naming the file, group, rule and
 problem. Label and annotation values are templates supporting only ``{{ $labels.NAME }}``,
-``{{ $value }}``, ``{{ $value | humanize }}`` and ``{{ printf "FMT" $value }}`` (one
-``%f``/``%e``/``%g``/``%d``/``%s``/``%v`` verb); anything else is a load error. A missing
-label renders as ``<no value>``, like Go templates.
+``{{ $value }}``, ``{{ $value | humanize }}``, ``{{ $value | humanizeDuration }}`` and
+``{{ printf "FMT" $value }}`` (one ``%f``/``%e``/``%g``/``%d``/``%s``/``%v`` verb);
+anything else is a load error. A missing label renders as ``<no value>``, like Go
+templates.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ _Part = Callable[[Mapping[str, str], float], str]
 _ACTION = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _LABEL_REF = re.compile(r"\$labels\.([a-zA-Z_][a-zA-Z0-9_]*)\Z")
 _VALUE_REF = re.compile(r"\$value\Z")
-_HUMANIZE = re.compile(r"\$value\s*\|\s*humanize\Z")
+_HUMANIZE = re.compile(r"\$value\s*\|\s*humanize(Duration)?\Z")
 _PRINTF = re.compile(r'printf\s+"((?:[^"\\]|\\.)*)"\s+\$value\Z')
 _VERB = re.compile(r"%([-+ 0#]*)(\d*)(?:\.(\d+))?([a-zA-Z%])")
 
@@ -116,6 +117,21 @@ def humanize(v: float) -> str:
         prefix = p
         v *= 1000
     return f"{v:.4g}{prefix}"
+
+
+def humanize_duration(v: float) -> str:
+    """Prometheus' ``humanizeDuration``: seconds as ``1d 2h 3m 4s`` (``42.5s`` below 1m)."""
+    if math.isnan(v) or math.isinf(v) or abs(v) < 60:
+        return f"{v:.4g}s"
+    sign, secs = ("-" if v < 0 else ""), int(abs(v))
+    days, rest = divmod(secs, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{sign}{days}d {hours}h {minutes}m {seconds}s"
+    if hours:
+        return f"{sign}{hours}h {minutes}m {seconds}s"
+    return f"{sign}{minutes}m {seconds}s"
 
 
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
@@ -173,8 +189,10 @@ def _action_part(inner: str) -> _Part:
         return lambda labels, _v: labels.get(name, "<no value>")
     if _VALUE_REF.match(text):
         return lambda _l, v: _go_float(v)
-    if _HUMANIZE.match(text):
-        return lambda _l, v: humanize(v)
+    m = _HUMANIZE.match(text)
+    if m:
+        return (lambda _l, v: humanize_duration(v)) if m.group(1) else (
+            lambda _l, v: humanize(v))
     m = _PRINTF.match(text)
     if m:
         return _printf_part(m.group(1))
