@@ -108,3 +108,153 @@ def test_bad_rule_file_stops_the_agent_with_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith(f"swarm-maint: error: {rules}")
     assert "subqueries are not supported" in r.stderr
+
+
+class Hook:
+    """A webhook receiver that can be started late on a fixed port (an outage)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.received: list[dict[str, Any]] = []
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def events(self, alertname: str) -> list[str]:
+        return [a["status"] for body in self.received for a in body["alerts"]
+                if a["labels"]["alertname"] == alertname]
+
+
+def flag_agent_config(tmp_path: Path, url: str) -> Path:
+    """An agent whose FlagUp alert fires while tmp_path/flag exists (a custom check)."""
+    flag = tmp_path / "flag"
+    rules = tmp_path / "rules.yml"
+    rules.write_text(
+        "groups:\n  - name: t\n    rules:\n      - alert: FlagUp\n"
+        "        expr: swarm_health_status{check=\"flag\"} == 2\n"
+        "        labels: {severity: critical}\n"
+        "        annotations: {summary: flag is up}\n")
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        f'[agent]\nnode_name = "n1"\nstate_dir = "{tmp_path / "st"}"\n'
+        f'[health]\nchecks.gpu.enabled = false\n'
+        f'[[health.custom]]\nname = "flag"\n'
+        f'command = ["sh", "-c", "test -e {flag} && exit 2 || exit 0"]\n'
+        f'interval = "1s"\ntimeout = "5s"\n'
+        f'[alerts]\ndefault_rules = false\nrule_files = ["{rules}"]\n'
+        f'[[alerts.receivers]]\nname = "ops"\nurl = "{url}"\n')
+    return cfg
+
+
+def wait_for(pred: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.1)
+
+
+def stop(agent: Any) -> None:
+    agent.proc.terminate()
+    agent.proc.communicate(timeout=10)
+    assert agent.proc.returncode == 0
+
+
+def test_outage_and_restarts_lose_and_repeat_nothing(tmp_path: Path) -> None:
+    from tests.live_server import free_port
+
+    port = free_port()
+    hook = Hook(port)
+    cfg = flag_agent_config(tmp_path, f"http://127.0.0.1:{port}/hook")
+    (tmp_path / "flag").touch()
+    agent = start_agent(tmp_path, "--config", str(cfg))
+    try:
+        # the receiver is down: the firing waits in the outbox, retried
+        def retrying() -> bool:
+            rows = httpx.get(f"{agent.url}/api/v1/alerts").json()["outbox"]
+            return any(r["attempts"] >= 1 for r in rows)
+        wait_for(retrying)
+    finally:
+        stop(agent)
+    # the condition ends while the agent is down; the receiver comes back
+    (tmp_path / "flag").unlink()
+    hook.start()
+    try:
+        agent = start_agent(tmp_path, "--config", str(cfg))
+        try:
+            wait_for(lambda: hook.events("FlagUp") == ["firing", "resolved"], 40)
+            time.sleep(2)  # nothing more comes: no duplicate firing, no second resolve
+            assert hook.events("FlagUp") == ["firing", "resolved"]
+            assert httpx.get(f"{agent.url}/api/v1/alerts").json()["outbox"] == []
+        finally:
+            stop(agent)
+        # fires again; the agent restarts while it fires: no second notification
+        (tmp_path / "flag").touch()
+        agent = start_agent(tmp_path, "--config", str(cfg))
+        try:
+            wait_for(lambda: hook.events("FlagUp").count("firing") == 2)
+        finally:
+            stop(agent)
+        agent = start_agent(tmp_path, "--config", str(cfg))
+        try:
+            time.sleep(3)
+            assert hook.events("FlagUp") == ["firing", "resolved", "firing"]
+        finally:
+            stop(agent)
+    finally:
+        hook.stop()
+
+
+def test_silence_from_the_cli_mutes_a_running_agent(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.agent_proc import CLI
+    from tests.live_server import free_port
+
+    port = free_port()
+    hook = Hook(port)
+    hook.start()
+    cfg = flag_agent_config(tmp_path, f"http://127.0.0.1:{port}/hook")
+    agent = start_agent(tmp_path, "--config", str(cfg))
+    try:
+        r = subprocess.run([*CLI, "alerts", "silence", "add", "-c", str(cfg), "-m",
+                            "alertname=FlagUp", "--duration", "1h", "--comment", "test",
+                            "--json"], capture_output=True, text=True, timeout=60,
+                           env=agent.env)
+        assert r.returncode == 0, r.stderr
+        silence = json.loads(r.stdout)["id"]
+        (tmp_path / "flag").touch()
+
+        def silenced() -> bool:
+            alerts = httpx.get(f"{agent.url}/api/v1/alerts").json()["alerts"]
+            return any(a["alertname"] == "FlagUp" and a["silenced_by"] == silence
+                       and a["state"] == "firing" for a in alerts)
+        wait_for(silenced)
+        time.sleep(1.5)
+        assert hook.events("FlagUp") == []
+        r = subprocess.run([*CLI, "alerts", "silence", "expire", "-c", str(cfg), silence],
+                           capture_output=True, text=True, timeout=60, env=agent.env)
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: hook.events("FlagUp") == ["firing"])  # released
+    finally:
+        stop(agent)
+        hook.stop()
