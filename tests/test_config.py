@@ -65,9 +65,18 @@ retention = "14d"
         ("[monitoring]\ninterval = 5\ncollectors = 'cpu'\n", "monitoring.collectors", "list"),
         ("[nonsense]\n", "nonsense", "unknown key"),
         ("[[alerts.receivers]]\nname = 'a'\ntype = 'pager'\nurl = 'http://x'\n",
-         "alerts.receivers[0].type", "not supported yet"),
-        ("[[alerts.receivers]]\nname = 'a'\nurl = 'u'\n[[alerts.receivers]]\nname = 'a'\n"
-         "url = 'u'\n", "alerts.receivers", "used twice"),
+         "alerts.receivers[0]",
+         "unknown type 'pager' (known: alertmanager, email, slack, webhook)"),
+        ("[[alerts.receivers]]\nname = 'a'\nurl = 'u'\n", "alerts.receivers[0]",
+         "needs url"),
+        ("[[alerts.receivers]]\nname = 'a'\nurl = 'http://x'\n[[alerts.receivers]]\n"
+         "name = 'a'\nurl = 'http://x'\n", "alerts", "used twice"),
+        ("[[alerts.receivers]]\nname = 'a'\ntype = 'email'\nsmtp_host = 'h'\n",
+         "alerts.receivers[0]", "needs from_address and to"),
+        ("[[alerts.routes]]\nreceivers = ['nope']\n", "alerts", "names receiver 'nope'"),
+        ("[[alerts.routes]]\nreceivers = []\n", "alerts.routes[0].receivers", "at least 1"),
+        ("[alerts]\nmaintenance_expected = ['x=~(']\n", "alerts.maintenance_expected",
+         "bad regular expression"),
     ],
 )
 def test_invalid_values_name_file_key_problem(

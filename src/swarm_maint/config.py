@@ -407,8 +407,13 @@ class ReceiverConfig(_Section):
                                  "or none")
             if self.username and not self.password_file:
                 raise ValueError(f"receiver {self.name!r}: username needs password_file")
-        elif not re.fullmatch(r"[A-Za-z0-9_.-]+", t):
-            raise ValueError(f"receiver {self.name!r}: bad type {t!r}")
+        else:
+            from .plugins import available
+
+            plugins = available("swarm_maint.notifiers")
+            if t not in plugins:
+                raise ValueError(f"receiver {self.name!r}: unknown type {t!r} (known: "
+                                 f"{', '.join(plugins)})")
         return self
 
 
