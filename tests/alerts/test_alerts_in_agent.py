@@ -258,3 +258,38 @@ def test_silence_from_the_cli_mutes_a_running_agent(tmp_path: Path) -> None:
     finally:
         stop(agent)
         hook.stop()
+
+
+def test_agent_feeds_a_real_alertmanager(tmp_path: Path) -> None:
+    """agent -> Alertmanager 0.25 (API v2 push) -> a webhook: firing, then resolved."""
+    from tests.alertmanager_proc import run_alertmanager
+    from tests.live_server import free_port
+
+    port = free_port()
+    hook = Hook(port)
+    hook.start()
+    try:
+        with run_alertmanager(tmp_path, f"http://127.0.0.1:{port}/hook") as am:
+            cfg = flag_agent_config(tmp_path, "http://unused.invalid/")
+            text = cfg.read_text().replace(
+                'name = "ops"\nurl = "http://unused.invalid/"',
+                f'name = "site-am"\ntype = "alertmanager"\nurl = "{am}"\n'
+                'resend_interval = "2s"')
+            cfg.write_text(text)
+            (tmp_path / "flag").touch()
+            agent = start_agent(tmp_path, "--config", str(cfg))
+            try:
+                wait_for(lambda: hook.events("FlagUp") == ["firing"], 30)
+                [pushed] = [a for a in httpx.get(f"{am}/api/v2/alerts").json()
+                            if a["labels"]["alertname"] == "FlagUp"]
+                assert pushed["labels"]["node"] == "n1"
+                assert pushed["annotations"]["summary"] == "flag is up"
+                assert pushed["status"]["state"] == "active"
+                (tmp_path / "flag").unlink()
+                wait_for(lambda: hook.events("FlagUp") == ["firing", "resolved"], 30)
+                rows = httpx.get(f"{agent.url}/api/v1/alerts").json()["outbox"]
+                assert rows == []
+            finally:
+                stop(agent)
+    finally:
+        hook.stop()
