@@ -32,7 +32,7 @@ Simplifications against Prometheus:
   like Prometheus with created timestamps: ``increase`` is then its last value plus resets,
   not extrapolated, so a first event can fire a rule.
 * Staleness: over ``MetricHistory`` (which knows the frames), a series missing from the
-  last 3 frames is stale, as Prometheus marks series that vanish from a scrape; a source
+  newest frame is stale, as Prometheus marks series that vanish from a scrape; a source
   without frames keeps a series visible until its last sample is older than 300 s.
 * Matching cardinality errors (duplicate series on one side of a one-to-one operation)
   raise ``ValueError`` at evaluation time.

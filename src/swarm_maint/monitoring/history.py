@@ -34,8 +34,10 @@ _NAN = math.nan
 # Series that appear in the first frames existed before the agent started; later ones
 # were created while it watched (see ``births``).
 _WARMUP_FRAMES = 3
-# A series absent from this many frames in a row is stale (see ``latest``).
-_STALE_FRAMES = 3
+# A series absent from this many frames in a row is stale (see ``latest``): 1, as
+# Prometheus marks a series stale as soon as it is missing from one scrape. A health
+# status whose ``action`` label changes is a new series; the old one must end at once.
+_STALE_FRAMES = 1
 
 
 @dataclass(frozen=True)
@@ -309,8 +311,7 @@ class MetricHistory:
         selector's lookback without copying the whole window.
 
         Staleness, as Prometheus marks series that vanish from a scrape: a series missing
-        from the last ``_STALE_FRAMES`` frames up to ``end`` has no value (fewer missing
-        frames are bridged, so one failed collection does not end an alert)."""
+        from the last ``_STALE_FRAMES`` frames up to ``end`` has no value."""
         with self._lock:
             slots, times = self._window(start, end)
             out = []
