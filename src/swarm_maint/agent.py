@@ -133,6 +133,8 @@ class Agent:
             self.health = build_health(config, lambda: FrameSamples(self.hub.latest()),
                                        self.store, self.clock)
             self.hub.collectors.append(self.health.runner.collector())
+            hub = self.hub
+            self.health.runner.on_transition.append(lambda _c: hub.request_collection())
             if self.health.xids is not None:
                 self.hub.collectors.append(self.health.xids.collector())
         self.alerts: AlertService | None = None

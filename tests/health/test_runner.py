@@ -73,6 +73,22 @@ def test_hysteresis_trips_after_n_and_clears_after_m(tmp_path: Path) -> None:
                                                               ("CRITICAL", "OK")]
 
 
+@pytest.mark.expect_logged_errors
+def test_transition_hooks_run_on_status_changes_only(tmp_path: Path) -> None:
+    check = Scripted("disk", ["CRITICAL", "CRITICAL", "OK", "OK", "OK"])
+    r = HealthRunner([check], HealthConfig(passes_to_clear=2), Store(tmp_path / "s.db"),
+                     FakeClock())
+    seen: list[str] = []
+    r.on_transition.append(lambda c: seen.append(c.status))
+
+    def broken(_c: object) -> None:
+        raise RuntimeError("consumer bug")
+    r.on_transition.insert(0, broken)  # a failing hook neither stops checks nor others
+    for _ in range(5):
+        r.record(check.run())
+    assert seen == ["CRITICAL", "OK"]
+
+
 def test_per_check_override(tmp_path: Path) -> None:
     cfg = HealthConfig(failures_to_trip=3, checks={"gpu": CheckOverride(failures_to_trip=1)})
     gpu, disk = Scripted("gpu", ["CRITICAL"]), Scripted("disk", ["CRITICAL"])

@@ -119,6 +119,9 @@ class HealthRunner:
         self._due: dict[str, float] = {}
         self._busy: set[str] = set()
         self.conditions: dict[str, Condition] = {}
+        # called with the condition after each status change (the agent collects at once,
+        # so alert rules see the change without waiting for the next tick)
+        self.on_transition: list[Callable[[Condition], None]] = []
         self._load()
 
     # -- configuration ----------------------------------------------------------------
@@ -210,6 +213,11 @@ class HealthRunner:
         if transition is not None:
             log.info("health %s: %s -> %s: %s", result.check, before, cond.status,
                      cond.message)
+            for hook in self.on_transition:
+                try:
+                    hook(cond)
+                except Exception:  # a failing consumer must not stop the checks
+                    log.exception("health transition consumer failed")
         return cond
 
     def run_check(self, check: HealthCheck) -> CheckResult | None:
