@@ -32,6 +32,7 @@ bench: system-deps $(STAMP)
 	$(BIN)/python bench/agent_overhead.py --seconds 60 --write BENCHMARKS.md
 	$(BIN)/python bench/backup_vs_restic.py --size-gib 1 --write BENCHMARKS.md
 	$(BIN)/python bench/health.py --runs 5 --write BENCHMARKS.md
+	$(BIN)/python bench/alert_latency.py --write BENCHMARKS.md
 
 ## Regenerate the generated parts of docs/ (configuration table).
 docs: $(STAMP)
