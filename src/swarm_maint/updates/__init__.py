@@ -1,0 +1,1 @@
+"""System and Python package updates: package managers, policy, and the node runbook."""

@@ -1,0 +1,50 @@
+"""The ``PackageManager`` protocol and the records it deals in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..errors import PackageError
+
+__all__ = ["Candidate", "PackageError", "PackageManager"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An installed package with a newer version available."""
+
+    name: str
+    current: str
+    candidate: str
+    # release fields of where the candidate comes from (apt: o, a, n, l, c, site; pip: index)
+    origins: tuple[dict[str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def origin(self) -> str:
+        """A short human form of the first origin, e.g. ``Debian/bookworm-security``."""
+        if not self.origins:
+            return ""
+        o = self.origins[0]
+        return "/".join(x for x in (o.get("o", ""), o.get("a", "") or o.get("n", "")) if x)
+
+
+class PackageManager(Protocol):
+    name: str
+
+    def refresh(self) -> None:
+        """Fetch the package indexes (apt-get update)."""
+        ...
+
+    def installed(self) -> dict[str, str]:
+        """Installed packages and their versions."""
+        ...
+
+    def candidates(self) -> list[Candidate]:
+        """Installed packages that have a newer candidate version."""
+        ...
+
+    def install(self, versions: dict[str, str]) -> None:
+        """Install exactly these versions (upgrades and downgrades), non-interactively,
+        keeping existing configuration files."""
+        ...
