@@ -82,3 +82,42 @@ def test_unknown_version_is_one_line(apt: AptManager) -> None:
     with pytest.raises(PackageError) as err:
         apt.install({"tool": "9.9"})
     assert "\n" not in str(err.value) and "9.9" in str(err.value)
+
+
+def test_dpkg_killed_mid_install_is_detected_and_repaired(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    repo = publish(tmp_path / "repo", [
+        Deb("slow", "1.0", postinst='if [ ! -e "$DPKG_ROOT/slow-once" ]; then\n'
+            '  touch "$DPKG_ROOT/slow-once"; sleep 60\nfi'),
+    ], origin="Swarm Test", label="Swarm Test", suite="stable", codename="test")
+    apt = AptManager(make_root(tmp_path / "root", [repo]))
+    apt.refresh()
+    assert apt.root is not None
+    proc = subprocess.Popen(["apt-get", "install", "-y", "-q", "slow=1.0"], env=apt.env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (apt.root / "slow-once").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "postinst never ran"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # apt and dpkg die at once
+    proc.wait(10)
+    # dpkg runs maintainer scripts in their own process group: end the orphaned postinst
+    # too, as a power cut would (it holds the dpkg lock through an inherited descriptor)
+    import psutil
+
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("DPKG_ROOT") == str(apt.root):
+                p.kill()
+                p.wait(10)
+        except psutil.Error:
+            pass
+    assert "slow" in apt.audit()  # unpacked, not configured
+    apt.repair()
+    assert apt.audit() == ""
+    assert apt.installed() == {"slow": "1.0"}
