@@ -28,14 +28,12 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -43,6 +41,7 @@ from typing import Any
 import psutil
 
 import _report  # bench/_report.py: the script's folder is on sys.path
+from _common import free_port, positive_int, swarm_version, version_line
 
 BEGIN = "<!-- BEGIN agent_overhead -->"
 END = "<!-- END agent_overhead -->"
@@ -70,20 +69,8 @@ def parse_interval(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -418,20 +405,8 @@ def markdown_table(rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def exporter_version(binary: str) -> str:
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    text = (out.stdout + out.stderr).strip()
-    return text.splitlines()[0].strip() if text else "unknown"
 
 
-def agent_version() -> str:
-    try:
-        return metadata.version("swarm-maint")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def environment(binary: str) -> dict[str, str]:
@@ -441,8 +416,8 @@ def environment(binary: str) -> dict[str, str]:
         "cpu": _report.cpu_model(),
         "kernel": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "swarm_maint": agent_version(),
-        "node_exporter": exporter_version(binary),
+        "swarm_maint": swarm_version(),
+        "node_exporter": version_line([binary, "--version"]),
     }
 
 

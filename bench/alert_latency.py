@@ -61,7 +61,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -72,13 +71,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import metadata
 from pathlib import Path
 from types import FrameType
 
 import httpx
 
 import _report  # bench/_report.py: the script's folder is on sys.path
+from _common import free_port, positive_int, swarm_version
 
 BEGIN = "<!-- BEGIN alert_latency -->"
 END = "<!-- END alert_latency -->"
@@ -98,20 +97,8 @@ def log(msg: str) -> None:
     sys.stderr.flush()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def nearest_rank(values: list[float], q: float) -> float:
@@ -129,11 +116,6 @@ def tool_version(binary: str) -> str:
     return m.group(1) if m else "unknown"
 
 
-def agent_version() -> str:
-    try:
-        return metadata.version("swarm-maint")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def check_name(i: int) -> str:
@@ -842,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": _report.cpu_model(),
         "kernel": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "swarm_maint": agent_version(),
+        "swarm_maint": swarm_version(),
         "prometheus": tool_version(bins["prometheus"]),
         "alertmanager": tool_version(bins["alertmanager"]),
     }

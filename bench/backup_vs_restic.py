@@ -62,7 +62,6 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -70,6 +69,7 @@ from typing import Any
 import psutil
 
 import _report  # bench/_report.py: the script's folder is on sys.path
+from _common import positive_int, swarm_version, version_line
 
 BEGIN = "<!-- BEGIN backup_vs_restic -->"
 END = "<!-- END backup_vs_restic -->"
@@ -122,14 +122,6 @@ def log(msg: str) -> None:
     sys.stderr.flush()
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def size_gib(text: str) -> float:
@@ -910,20 +902,8 @@ def filesystem_of(path: Path) -> str:
     return desc
 
 
-def version_of(argv: list[str]) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    text = (out.stdout + out.stderr).strip()
-    return text.splitlines()[0].strip() if text else "unknown"
 
 
-def swarm_version() -> str:
-    try:
-        return metadata.version("swarm-maint")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def environment(paths: Paths, tools: Sequence[str]) -> dict[str, str]:
@@ -938,9 +918,9 @@ def environment(paths: Paths, tools: Sequence[str]) -> dict[str, str]:
         "swarm": f"swarm-maint {swarm_version()}",
     }
     if "restic" in tools:
-        env["restic"] = version_of([paths.bins["restic"], "version"])
+        env["restic"] = version_line([paths.bins["restic"], "version"])
     if "borg" in tools:
-        env["borg"] = version_of([paths.bins["borg"], "--version"])
+        env["borg"] = version_line([paths.bins["borg"], "--version"])
     return env
 
 

@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from typing import Any
 import httpx
 
 import _report  # bench/_report.py: the script's folder is on sys.path
+from _common import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = ("<!-- BEGIN health -->", "<!-- END health -->")
@@ -36,10 +36,6 @@ XID_LINE = ("[{t:12.6f}] NVRM: Xid (PCI:0000:17:00): 79, pid='<unknown>', name=<
             "GPU has fallen off the bus.\n")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def passive_suite(runs: int, workdir: Path) -> dict[str, Any]:
