@@ -18,28 +18,49 @@ from tests.agent_proc import start_agent
 pytestmark = pytest.mark.slow
 
 
+class Hook:
+    """A webhook receiver; on a fixed port it can be started late (an outage)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.received: list[dict[str, Any]] = []
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]  # the one picked when given 0
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def events(self, alertname: str) -> list[str]:
+        return [a["status"] for body in self.received for a in body["alerts"]
+                if a["labels"]["alertname"] == alertname]
+
+
 @pytest.fixture
 def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    received: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append(json.loads(body))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
+    hook = Hook(0)
+    hook.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+        yield f"http://127.0.0.1:{hook.port}/hook", hook.received
     finally:
-        server.shutdown()
-        server.server_close()
+        hook.stop()
 
 
 def test_rule_fires_and_reaches_the_webhook(tmp_path: Path,
@@ -108,40 +129,6 @@ def test_bad_rule_file_stops_the_agent_with_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith(f"swarm-maint: error: {rules}")
     assert "subqueries are not supported" in r.stderr
-
-
-class Hook:
-    """A webhook receiver that can be started late on a fixed port (an outage)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.received: list[dict[str, Any]] = []
-        self._server: ThreadingHTTPServer | None = None
-
-    def start(self) -> None:
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def events(self, alertname: str) -> list[str]:
-        return [a["status"] for body in self.received for a in body["alerts"]
-                if a["labels"]["alertname"] == alertname]
 
 
 def flag_agent_config(tmp_path: Path, url: str) -> Path:

@@ -14,8 +14,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .matchers import Matcher, matches_all, parse_matchers
+
+if TYPE_CHECKING:
+    from ..config import AlertsConfig
 
 __all__ = ["Destination", "Route", "Router"]
 
@@ -59,11 +63,7 @@ class Router:
         self._cache: dict[str, list[Destination]] = {}
 
     @classmethod
-    def from_config(cls, cfg: object) -> Router:
-        """From an ``AlertsConfig`` (typed loosely to keep config imports one-way)."""
-        from ..config import AlertsConfig
-
-        assert isinstance(cfg, AlertsConfig)
+    def from_config(cls, cfg: AlertsConfig) -> Router:
         routes = [
             Route(tuple(parse_matchers(r.matchers)), tuple(r.receivers), tuple(r.group_by),
                   r.group_wait, r.repeat_interval, r.continue_matching)
