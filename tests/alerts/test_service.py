@@ -276,3 +276,15 @@ def test_delivery_state_in_active(tmp_path: Path) -> None:
     assert states["chat"]["last_error"] == "chat is down" and states["chat"]["attempts"] == 1
     stored = {d["receiver"]: d["state"] for d in stored_alerts(rig.store)[0]["deliveries"]}
     assert stored == {"ops": "delivered", "chat": "retrying"}
+
+
+def test_restart_resolves_an_alert_whose_state_row_was_lost(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, receivers=("ops", "chat"))
+    rig.run({"0": 95}, 1)
+    with rig.store.transaction() as conn:
+        conn.execute("DELETE FROM alert_state")
+    again = Rig(tmp_path, clock=rig.clock, receivers=("ops", "chat"))
+    again.svc.outbox.deliver_due(again.svc.senders)
+    assert again.events("ops") == again.events("chat") == [("resolved", "0")]
+    [alert] = [a for b in again.notifiers["ops"].batches for a in b.alerts]
+    assert alert["labels"]["alertname"] == "GpuHot"

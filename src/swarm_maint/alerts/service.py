@@ -66,8 +66,10 @@ class AlertService:
 
     def restore(self, at: float) -> None:
         """Load what was firing and what receivers were told before the last stop."""
-        self._told = {(r, fp): t for r, fp, t in self.store.query(
-            "SELECT receiver, fingerprint, last_enqueued FROM alert_receiver_state")}
+        told_rows = self.store.query(
+            "SELECT receiver, fingerprint, last_enqueued, alert FROM alert_receiver_state")
+        self._told = {(r, fp): t for r, fp, t, _ in told_rows}
+        saved = {fp: json.loads(alert) for _, fp, _, alert in told_rows}
         alerts = [
             Alert(fp, rule, group, json.loads(labels), json.loads(ann), "firing",
                   active_since=since, value=value, fired_at=fired)
@@ -83,15 +85,12 @@ class AlertService:
             self._persist(AlertChange("resolved", a))
             self._resolved(AlertChange("resolved", a))
         # told about an alert nobody remembers firing (its state row was lost): resolve it
-        for (receiver, fp) in list(self._told):
-            if fp in known or (receiver, fp) not in self._told:
-                continue
-            rows = self.store.query("SELECT alert FROM alert_receiver_state WHERE"
-                                    " receiver = ? AND fingerprint = ?", (receiver, fp))
-            saved = json.loads(rows[0][0]) if rows else {"labels": {}, "annotations": {}}
-            ghost = Alert(fp, saved["labels"].get("alertname", ""), "", saved["labels"],
-                          saved["annotations"], "resolved", active_since=saved.get(
-                              "active_since", at), value=0.0, resolved_at=at)
+        for fp in {fp for _, fp in self._told} - known:
+            info = saved[fp]
+            ghost = Alert(fp, info["labels"].get("alertname", ""), "", info["labels"],
+                          info["annotations"], "resolved",
+                          active_since=info.get("active_since", at), value=0.0,
+                          resolved_at=at)
             self._resolved(AlertChange("resolved", ghost))
 
     # -- evaluation -------------------------------------------------------------------------
