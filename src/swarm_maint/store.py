@@ -143,6 +143,39 @@ MIGRATIONS: list[tuple[str, str]] = [
         )
         """,
     ),
+    (
+        "0005_updates",
+        """
+        CREATE TABLE update_seen (
+            manager TEXT NOT NULL,             -- apt, or the name of a pip environment
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            first_seen REAL NOT NULL,          -- when a plan first offered this version
+            PRIMARY KEY (manager, name, version)
+        ) WITHOUT ROWID;
+        CREATE TABLE update_runs (
+            id INTEGER PRIMARY KEY,
+            started REAL NOT NULL,
+            ended REAL,
+            status TEXT NOT NULL,              -- running, awaiting-reboot, succeeded, failed
+            mode TEXT NOT NULL,                -- routine, security, driver
+            trigger TEXT NOT NULL,             -- cli, agent
+            items TEXT NOT NULL,               -- JSON: the plan items this run installs
+            state TEXT NOT NULL,               -- JSON: what later steps need (versions…)
+            error TEXT
+        );
+        CREATE TABLE update_steps (
+            run_id INTEGER NOT NULL REFERENCES update_runs(id),
+            seq INTEGER NOT NULL,
+            step TEXT NOT NULL,
+            status TEXT NOT NULL,              -- running, done, skipped, failed
+            started REAL NOT NULL,
+            ended REAL,
+            detail TEXT NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        ) WITHOUT ROWID
+        """,
+    ),
 ]
 
 

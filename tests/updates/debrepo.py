@@ -17,6 +17,7 @@ class Deb:
     version: str
     postinst: str = ""          # shell body; $DPKG_ROOT is the target root
     depends: str = ""
+    unit: str = ""              # a systemd service file the package ships
 
 
 def build_deb(deb: Deb, out_dir: Path, work: Path) -> Path:
@@ -29,6 +30,10 @@ def build_deb(deb: Deb, out_dir: Path, work: Path) -> Path:
         control += f"Depends: {deb.depends}\n"
     (d / "DEBIAN/control").write_text(control)
     (d / f"usr/share/{deb.name}/version").write_text(deb.version + "\n")
+    if deb.unit:
+        (d / "lib/systemd/system").mkdir(parents=True, exist_ok=True)
+        (d / "lib/systemd/system" / deb.unit).write_text(
+            f"[Service]\nExecStart=/bin/true {deb.version}\n")
     if deb.postinst:
         p = d / "DEBIAN/postinst"
         p.write_text("#!/bin/sh\nset -e\n" + deb.postinst + "\n")

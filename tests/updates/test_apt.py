@@ -62,6 +62,15 @@ def test_downgrade_back_to_a_recorded_version(apt: AptManager) -> None:
     assert (apt.root / "usr/share/tool/version").read_text() == "1.0\n"
 
 
+def test_remove_takes_a_package_away(apt: AptManager) -> None:
+    apt.install({"tool": "1.0", "libfoo": "1.0"})
+    apt.remove([])  # nothing to do
+    apt.remove(["libfoo"])
+    assert apt.installed() == {"tool": "1.0"}
+    assert apt.root is not None
+    assert not (apt.root / "usr/share/libfoo/version").exists()
+
+
 def test_failing_postinst_is_an_error_seen_by_audit_and_rolled_back(apt: AptManager) -> None:
     apt.install({"broken": "1.0"})
     with pytest.raises(PackageError, match=r"apt-get install -y failed \(exit 100\)"):

@@ -17,6 +17,7 @@ from . import (
     config_snapshot_cmd,
     health_cmd,
     status_cmd,
+    update_cmd,
 )
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app.add_typer(backup_cmd.app, name="backup")
 app.add_typer(config_snapshot_cmd.app, name="config-snapshot")
 app.add_typer(health_cmd.app, name="health")
 app.add_typer(alerts_cmd.app, name="alerts")
+app.add_typer(update_cmd.app, name="update")
 
 _debug = False
 

@@ -81,6 +81,21 @@ def parse_package_policy(text: str) -> dict[str, dict[str, list[str]]]:
     return out
 
 
+def _cause(output: str) -> str:
+    """The most telling line of a failed apt/dpkg run: dpkg's own error with its reason
+    (the maintainer script that failed) before apt's generic "Sub-process returned"."""
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("dpkg: error processing") and i + 1 < len(lines):
+            return f"{line.rstrip(':')}: {lines[i + 1].strip()}"
+    for prefix in ("E:", "dpkg: error", "dpkg:"):
+        found = [ln for ln in lines if ln.startswith(prefix)]
+        if found:
+            return found[0]
+    tail = output.strip().splitlines()[-1:]
+    return tail[0] if tail else "no output"
+
+
 class AptManager:
     name = "apt"
 
@@ -141,11 +156,8 @@ class AptManager:
         except subprocess.TimeoutExpired:
             raise PackageError(f"{' '.join(argv[:3])}: timed out") from None
         if check and proc.returncode != 0:
-            lines = [ln for ln in (proc.stderr + proc.stdout).splitlines()
-                     if ln.startswith(("E:", "dpkg: error", "dpkg:"))] or \
-                (proc.stderr or proc.stdout).strip().splitlines()[-1:]
             raise PackageError(f"{' '.join(argv[:3])} failed (exit {proc.returncode}): "
-                               f"{lines[0] if lines else 'no output'}")
+                               f"{_cause(proc.stderr + proc.stdout)}")
         return proc
 
     # -- reading ----------------------------------------------------------------------------
@@ -205,3 +217,9 @@ class AptManager:
         self.run(["apt-get", "install", "-y", "-q", "--allow-downgrades",
                   "--no-install-recommends", "-o", "Dpkg::Options::=--force-confold",
                   "-o", "Dpkg::Options::=--force-confdef", *specs])
+
+    def remove(self, names: list[str]) -> None:
+        if not names:
+            return
+        self.run(["apt-get", "remove", "-y", "-q", "-o", "Dpkg::Options::=--force-confold",
+                  "-o", "Dpkg::Options::=--force-confdef", *sorted(names)])

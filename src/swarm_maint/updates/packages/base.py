@@ -48,3 +48,19 @@ class PackageManager(Protocol):
         """Install exactly these versions (upgrades and downgrades), non-interactively,
         keeping existing configuration files."""
         ...
+
+    def remove(self, names: list[str]) -> None:
+        """Remove these packages (ones an update pulled in that rollback takes away)."""
+        ...
+
+    def audit(self) -> str:
+        """What an interrupted earlier run left half done (empty when sound)."""
+        ...
+
+    def repair(self) -> None:
+        """Finish or undo what an interrupted earlier run left half done."""
+        ...
+
+    def reboot_required(self) -> list[str]:
+        """Packages that asked for a reboot."""
+        ...
