@@ -265,6 +265,10 @@ def agent_argv(workdir: Path, port: int, interval: float) -> list[str]:
         'log_level = "info"\n'
         "[monitoring]\n"
         f'interval = "{round(interval * 1000)}ms"\n'
+        # the hourly package check (apt-get update, a plan) is not per-second monitoring
+        # cost, and it must not touch the packages of the machine running the benchmark
+        "[updates]\n"
+        "enabled = false\n"
     )
     script = Path(sys.executable).parent / "swarm-maint"
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "swarm_maint.cli.main"]

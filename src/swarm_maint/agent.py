@@ -32,6 +32,7 @@ from .monitoring.collector import CollectorContext
 from .monitoring.history import MetricHistory
 from .monitoring.hub import MetricsHub
 from .store import Store
+from .updates.watcher import SecurityWatcher
 
 __all__ = ["Agent", "bind_listener"]
 
@@ -100,7 +101,11 @@ class Agent:
         listen: str | None = None,
         state_dir: Path | None = None,
         clock: Clock | None = None,
+        config_file: Path | None = None,
     ) -> None:
+        if state_dir is not None:  # every component, snapshots and updates too, uses it
+            config = config.model_copy(update={"agent": config.agent.model_copy(
+                update={"state_dir": str(state_dir)})})
         self.config = config
         self.clock = clock or SystemClock()
         self.listen = listen or config.agent.listen
@@ -142,6 +147,13 @@ class Agent:
             self.alerts = build_alerts(config, self.history, self.store, self.clock)
             alerts = self.alerts
             self.hub.on_frame.append(lambda frame: alerts.evaluate(frame.timestamp))
+        self.updates: SecurityWatcher | None = None
+        if config.updates.enabled:
+            self.updates = SecurityWatcher(
+                config, self.store, self.clock,
+                maintenance=self.alerts.maintenance if self.alerts is not None else None,
+                config_file=config_file)
+            self.hub.collectors.append(self.updates.collector())
         self.app = create_app(ApiContext(hub=self.hub, token=self.token, clock=self.clock,
                                          health=self.health.runner if self.health else None,
                                          alerts=self.alerts))
@@ -184,6 +196,11 @@ class Agent:
                              name="alert-delivery", daemon=True)
             if self.alerts is not None else None
         )
+        updates_thread = (
+            threading.Thread(target=self.updates.run, args=(self._stop,), name="updates",
+                             daemon=True)
+            if self.updates is not None else None
+        )
         health_thread = (
             threading.Thread(target=self.health.runner.run, args=(self._stop,),
                              name="health", daemon=True)
@@ -198,6 +215,8 @@ class Agent:
                 health_thread.start()
             if delivery_thread is not None:
                 delivery_thread.start()
+            if updates_thread is not None:
+                updates_thread.start()
             log.info(
                 "swarm-maint agent on http://%s (node %s, state %s, %d collectors)",
                 self.listen, self.node_name, self.state_dir, len(self.hub.collectors),
@@ -222,6 +241,9 @@ class Agent:
                 health_thread.join(timeout=1.0)
             if delivery_thread is not None and delivery_thread.is_alive():
                 delivery_thread.join(timeout=1.0)
+            if updates_thread is not None and updates_thread.is_alive():
+                # a run cut off here is resumed at the next start
+                updates_thread.join(timeout=1.0)
             self.hub.close()
             self.store.close()
             sock.close()

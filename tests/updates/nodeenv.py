@@ -45,12 +45,14 @@ def standard_debs() -> tuple[list[Deb], list[Deb]]:
         Deb("raylet-svc", "1.1", unit="ray-head.service"),
         Deb("sshish", "1.0", unit="sshish.service"),
         Deb("containerd-test", "1.0", unit="containerd.service"),
+        Deb("secbroken", "1.0"),
         Deb("flaky", "1.0"),
         Deb("flaky", "1.1", postinst='if [ ! -e "$DPKG_ROOT/flaky-once" ]; then\n'
             '  touch "$DPKG_ROOT/flaky-once"; exit 1\nfi'),
     ]
     security = [Deb("libfoo", "1.0+sec1"), Deb("sshish", "1.0+sec1", unit="sshish.service"),
-                Deb("containerd-test", "1.0+sec1", unit="containerd.service")]
+                Deb("containerd-test", "1.0+sec1", unit="containerd.service"),
+                Deb("secbroken", "1.0+sec1", postinst="exit 4")]
     return main, security
 
 

@@ -30,4 +30,4 @@ def agent(
         level=cfg.agent.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    Agent(cfg, listen=listen, state_dir=state_dir).run()
+    Agent(cfg, listen=listen, state_dir=state_dir, config_file=config).run()
