@@ -21,7 +21,7 @@ NAME = re.compile(r"""["'](swarm_[a-z0-9_]+)["']""")
 
 def names_in_source() -> set[str]:
     found: set[str] = set()
-    for sub in ("monitoring", "health"):
+    for sub in ("monitoring", "health", "updates"):
         for path in (ROOT / "src" / "swarm_maint" / sub).rglob("*.py"):
             found |= set(NAME.findall(path.read_text()))
     return found

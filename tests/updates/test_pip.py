@@ -239,3 +239,63 @@ def test_audit_repair_and_reboot_required_have_nothing_to_do(pip: PipManager) ->
     assert pip.audit() == "" and pip.reboot_required() == []
     pip.repair()
     assert pip.installed()["swarmtool"] == "1.1"
+
+
+def test_pip_environment_in_the_runbook_held_updated_and_rolled_back(
+        venv: Path, wheelhouse: Path, tmp_path: Path) -> None:
+    """A workload environment as the runbook sees it: holds, a failing health gate rolled
+    back (the dependency the update pulled in removed again), then a good run."""
+    from swarm_maint.config import config_from_dict
+    from swarm_maint.store import Store
+    from swarm_maint.updates.service import UpdateService
+
+    extra = tmp_path / "more-wheels"
+    build_wheel(extra, "swarmtool", "1.2", requires=["swarmextra>=1.0"])
+    build_wheel(extra, "swarmextra", "1.0")
+    PipManager(venv, find_links=[str(wheelhouse)]).install(
+        {"swarmtool": "1.0", "swarmapp": "1.0", "swarmlib": "1.0"})
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "ray.yaml").write_text("workers: 4\n")
+    gate = [str(venv / "bin/python"), "-c",
+            "import sys, swarmtool; sys.exit(2 if swarmtool.VERSION == '1.2' else 0)"]
+
+    def service(with_gate: bool) -> tuple[UpdateService, Store]:
+        cfg = config_from_dict({
+            "agent": {"state_dir": str(tmp_path / "state")},
+            "backup": {"config_snapshots": {"paths": [str(etc)]}},
+            "monitoring": {"collectors": ["cpu"]},
+            "health": {"families": [], "custom": [{"name": "ray-env", "command": gate}]
+                       if with_gate else []},
+            "updates": {"apt": False, "min_age": "0s", "gate_settle": "0s",
+                        "pip": [{"name": "ray", "python": str(venv),
+                                 "find_links": [str(wheelhouse), str(extra)],
+                                 "holds": ["swarmlib"]}]},
+        })
+        store = Store(tmp_path / "state" / "state.db")
+        return UpdateService(cfg, store), store
+
+    svc, store = service(with_gate=True)
+    try:
+        plan = {i.name: i for i in svc.plan()}
+        assert {n: (i.manager, i.candidate, i.skip_reason) for n, i in plan.items()} == {
+            "swarmtool": ("ray", "1.2", None),
+            "swarmlib": ("ray", "2.0", "held: pinned for the workload (updates.pip holds); "
+                         "moves only in a driver update (update apply --driver)"),
+        }
+        run = svc.apply(list(plan.values()), "routine")
+    finally:
+        store.close()
+    assert run.status == "failed" and run.error is not None and "ray-env CRITICAL" in run.error
+    rollback = next(s for s in run.steps if s.step == "rollback")
+    assert rollback.detail == "ray: swarmtool → 1.0, swarmextra removed"
+    pm = PipManager(venv, find_links=[str(wheelhouse)])
+    assert "swarmextra" not in pm.installed() and module_version(venv, "swarmtool") == "1.0"
+
+    svc, store = service(with_gate=False)
+    try:
+        run = svc.apply(svc.plan(), "routine")
+    finally:
+        store.close()
+    assert run.status == "succeeded", run.error
+    assert module_version(venv, "swarmtool") == "1.2" and pm.installed()["swarmlib"] == "1.0"

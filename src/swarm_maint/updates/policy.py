@@ -152,9 +152,12 @@ class Policy:
         if mode == "driver":
             if not held:
                 item.skip_reason = "not a held package (a driver update moves only those)"
-        elif held:
+        elif held and target.label == "apt":
             item.skip_reason = ("held: driver, CUDA and kernel packages move only together, "
                                 "in a driver update (update apply --driver)")
+        elif held:
+            item.skip_reason = ("held: pinned for the workload (updates.pip holds); moves "
+                                "only in a driver update (update apply --driver)")
         elif mode == "security" and not security:
             item.skip_reason = "not a security update"
         if item.skip_reason is None and age < min_age:
