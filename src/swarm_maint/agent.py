@@ -156,7 +156,7 @@ class Agent:
             self.hub.collectors.append(self.updates.collector())
         self.app = create_app(ApiContext(hub=self.hub, token=self.token, clock=self.clock,
                                          health=self.health.runner if self.health else None,
-                                         alerts=self.alerts))
+                                         alerts=self.alerts, updates=self.updates))
 
     def stop(self) -> None:
         self._stop.set()

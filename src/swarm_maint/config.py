@@ -546,6 +546,10 @@ class UpdatesConfig(_Section):
     apt: bool = Field(True, description="Manage apt/dpkg packages (when apt-get exists).")
     root: str = Field("", description="Alternate root for apt and dpkg (a chroot or an "
                       "image); empty: this system.")
+    root_is_live: bool = Field(False, description="With an alternate root: it is this "
+                               "node's running system, so drain, reboot, driver reload, "
+                               "restarts and the health gate act here. Off (an image or a "
+                               "chroot): those steps are skipped.")
     pip: list[PipEnvConfig] = Field(default_factory=list, description="Python "
                                     "environments of the workloads to keep updated.")
     security_origins: list[str] = Field(

@@ -70,7 +70,9 @@ class NodeEnv:
         return self.tmp / "commands.log"
 
     def commands(self) -> list[str]:
-        return self.log.read_text().splitlines() if self.log.exists() else []
+        if not self.log.exists():
+            return []
+        return [ln.strip() for ln in self.log.read_text().splitlines()]
 
     def config(self) -> Config:
         return config_from_dict(tomllib.loads(self.config_path.read_text()))
@@ -126,6 +128,7 @@ def make_node(tmp: Path, repos: tuple[str, str], *, install: dict[str, str],
                 "sh", "-c", f"grep -q broken {root}/etc/app.conf && exit 2; exit 0"]}]},
         "updates": {
             "root": str(root),
+            "root_is_live": True,  # the test root stands for this node
             "security_origins": ["l=Swarm Test-Security"],
             "min_age": "0s",
             "drainer": "command",

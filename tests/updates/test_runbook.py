@@ -91,14 +91,14 @@ def test_security_only_apply_touches_only_security_updates(tmp_path: Path,
     assert got["containerd-test"] == "1.0+sec1"  # disruptive, so the node was drained
     assert got["tool"] == "1.0" and got["nvidia-driver-test"] == "1.0"
     assert got["raylet-svc"] == "1.0"
-    assert [c.split()[0] for c in env.commands()] == ["drain", "undrain"]
+    assert env.commands()[1:] == ["restart containerd.service sshish.service", "undrain"]
+    assert env.commands()[0].startswith("drain")
     hist = json.loads(env.cli("update", "history", "--json").stdout)
     assert len(hist) == 1 and hist[0]["status"] == "succeeded" and hist[0]["mode"] == "security"
     steps = {s["step"]: s for s in hist[0]["steps"]}
     assert list(steps) == ["repair", "record", "snapshot", "drain", "apply", "restart", "gate",
                            "undrain"]
-    assert steps["restart"]["detail"].startswith("not restarted (alternate root)")
-    assert "containerd.service, sshish.service" in steps["restart"]["detail"]
+    assert steps["restart"]["detail"] == "restarted containerd.service, sshish.service"
     # the pre-update config snapshot holds the root's /etc
     snaps = json.loads(env.cli("config-snapshot", "list", "--json").stdout)
     assert any("reason:pre-update" in s["tags"] for s in snaps)
@@ -318,3 +318,22 @@ def test_bad_input_is_one_line(tmp_path: Path, repos: tuple[str, str]) -> None:
     assert no_yes.returncode == 2 and "--yes" in no_yes.stderr
     assert env.cli("update", "resume").stdout.strip() == "no update run to resume"
     assert env.installed() == {"tool": "1.0"}
+
+
+def test_an_image_root_is_updated_without_touching_this_host(tmp_path: Path,
+                                                             repos: tuple[str, str]) -> None:
+    """root_is_live off (an image, a chroot): packages move, but nothing of this host is
+    drained, rebooted, restarted or health-gated."""
+    env = node(tmp_path, repos, root_is_live=False)
+    only(env, "rebooter", "raylet-svc")
+    proc = env.cli("update", "apply", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert env.installed()["rebooter"] == "1.1" and env.installed()["raylet-svc"] == "1.1"
+    assert env.commands() == []
+    run = json.loads(env.cli("update", "history", "--json").stdout)[0]
+    steps = {s["step"]: (s["status"], s["detail"]) for s in run["steps"]}
+    assert run["status"] == "succeeded"
+    assert steps["drain"] == ("skipped", "alternate root: no running workload to drain")
+    assert steps["restart"] == ("done", "reboot needed by rebooter inside the alternate root; "
+                                        "this host is not rebooted")
+    assert steps["gate"][0] == "skipped"

@@ -55,7 +55,7 @@ def test_non_disruptive_security_patches_go_at_once_disruptive_ones_wait(
     got = env.installed()
     assert got["libfoo"] == "1.0+sec1" and got["sshish"] == "1.0+sec1"
     assert got["containerd-test"] == "1.0" and got["tool"] == "1.0"
-    assert env.commands() == []  # no drain, no reboot, no restart on an alternate root
+    assert env.commands() == ["restart sshish.service"]  # no drain, no reboot
     assert set(pending) == {"containerd-test", "tool"}
     assert pending["containerd-test"].skip_reason == \
         "disruptive (service-restart): waits for a maintenance window"
@@ -119,6 +119,11 @@ def test_agent_applies_security_patches_and_exports_them(tmp_path: Path,
                      if ln.startswith("swarm_update_last_run_success")), "")
         assert line.endswith(" 1.0"), text[-2000:]
         assert 'swarm_update_pending{env="apt",held="false",security="true"' in text
+        api = httpx.get(f"{agent.url}/api/v1/updates", timeout=5).json()
+        assert api["enabled"] and api["last_check"] > 0
+        assert {i["name"] for i in api["pending"]} == {"containerd-test", "tool"}
+        assert api["runs"][0]["trigger"] == "agent" and api["runs"][0]["status"] == "succeeded"
+        assert httpx.get(f"{agent.url}/api/v1/updates?limit=0", timeout=5).status_code == 400
     finally:
         agent.proc.terminate()
         _, err = agent.proc.communicate(timeout=10)

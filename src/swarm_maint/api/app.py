@@ -19,6 +19,7 @@ from ..health.runner import HealthRunner
 from ..monitoring.history import Aggregate
 from ..monitoring.hub import MetricsHub
 from ..monitoring.summary import node_summary
+from ..updates.watcher import SecurityWatcher
 from .alerts_routes import alerts_router
 from .auth import token_matches
 
@@ -35,6 +36,7 @@ class ApiContext:
     clock: Clock
     health: HealthRunner | None = None
     alerts: AlertService | None = None
+    updates: SecurityWatcher | None = None
 
 
 class _Unauthorized(Exception):
@@ -127,6 +129,16 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return {"transitions": ctx.health.history(check, parse_time(since, now, 0.0), limit)}
 
     app.include_router(alerts_router(lambda: ctx.alerts, ctx.clock.time, require_token))
+
+    @app.get("/api/v1/updates")
+    def updates(limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict[str, Any]:
+        """Pending updates as of the agent's last check, and the latest update runs."""
+        if ctx.updates is None:
+            return {"enabled": False, "last_check": None, "pending": [], "runs": []}
+        items, checked = ctx.updates.pending()
+        return {"enabled": True, "last_check": checked,
+                "pending": [i.to_json() for i in items or []],
+                "runs": [r.to_json() for r in ctx.updates.history.runs(limit)]}
 
     @app.get("/api/v1/metrics/names")
     def metric_names() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +43,8 @@ def _service(config: Path | None, root: Path | None) -> Iterator[UpdateService]:
     if root is not None and not root.is_dir():
         raise UsageError(f"--root {root}: not a directory")
     cfg = effective_config(config)
+    if config is None and os.environ.get("SWARM_MAINT_CONFIG"):
+        config = Path(os.environ["SWARM_MAINT_CONFIG"])  # snapshotted with the rest
     store = Store(cfg.agent.resolved_state_dir() / "state.db")
     try:
         yield UpdateService(cfg, store, root=root, config_file=config)
@@ -113,9 +116,15 @@ def _report(run: RunRecord | None, json_out: bool) -> None:
     elif run.status == "succeeded":
         typer.echo(f"update run {run.id} succeeded: {len(run.items)} package(s) updated")
     if run.status == "failed":
-        raise UpdateError(f"update run {run.id} failed: {run.error}; packages rolled back "
-                          "and the config snapshot restored (see `swarm-maint update "
-                          "history`)")
+        steps = {s.step: s.status for s in run.steps}
+        if "apply" not in steps:
+            after = "nothing was changed"
+        elif "recovery_errors" in run.state:
+            after = "recovery incomplete, the node needs a person"
+        else:
+            after = "packages rolled back and the config snapshot restored"
+        raise UpdateError(f"update run {run.id} failed: {run.error}; {after} (see "
+                          "`swarm-maint update history`)")
 
 
 @app.command("apply")

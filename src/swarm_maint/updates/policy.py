@@ -160,7 +160,8 @@ class Policy:
                                 "only in a driver update (update apply --driver)")
         elif mode == "security" and not security:
             item.skip_reason = "not a security update"
-        if item.skip_reason is None and age < min_age:
+        # a driver update moves its packages as one unit, when a person starts it
+        if item.skip_reason is None and age < min_age and mode != "driver":
             item.skip_reason = (f"too new: seen for {format_duration(max(0.0, age))}, "
                                 f"minimum age {format_duration(min_age)}")
         if item.skip_reason is None and item.disruptive and not allow_disruptive:

@@ -43,7 +43,7 @@ from .errors import PackageError, UpdateError
 from .history import RunRecord, UpdateHistory
 from .policy import Mode, PlanItem, Target, units_of
 
-__all__ = ["FORWARD", "RECOVERY", "Runbook", "RunbookContext"]
+__all__ = ["FORWARD", "RECOVERY", "Runbook", "RunbookContext", "lock_busy"]
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,8 @@ class Runbook:
                     for label in self._labels(run)}
         run.state["recorded"] = versions
         run.state["reboot_before"] = self._reboot_requests(run)
-        run.state["baseline"] = {r.check: r.status for r in self.ctx.gate()}
+        run.state["baseline"] = {} if self._offline else \
+            {r.check: r.status for r in self.ctx.gate()}
         n = sum(len(v) for v in versions.values())
         return "done", f"{n} installed versions recorded; health baseline of " \
                        f"{len(run.state['baseline'])} checks"
@@ -211,10 +212,17 @@ class Runbook:
         run.state["snapshot"] = sid
         return "done", f"config snapshot {sid[:16]}"
 
+    @property
+    def _offline(self) -> bool:
+        """An image or a chroot: nothing of this host is drained, rebooted or judged."""
+        return self.ctx.alternate_root and not self.ctx.cfg.root_is_live
+
     def _drain(self, run: RunRecord) -> tuple[str, str]:
         disruptive = [i for i in run.items if i.disruptive]
         if not disruptive and run.mode != "driver":
             return "skipped", "no disruptive update"
+        if self._offline:
+            return "skipped", "alternate root: no running workload to drain"
         why = ", ".join(f"{i.name} ({i.disruption})" for i in disruptive[:5]) or "driver"
         return "done", self._take_out_of_service(run, why)
 
@@ -236,7 +244,11 @@ class Runbook:
         done = []
         for label in self._labels(run):
             versions = {i.name: i.candidate for i in run.items if i.manager == label}
-            self._targets[label].manager.install(versions)
+            mgr = self._targets[label].manager
+            if mgr.audit():  # this step was cut off mid-install before: finish that first
+                mgr.repair()
+                done.append(f"{label}: repaired the interrupted install")
+            mgr.install(versions)
             done.append(f"{label}: " + ", ".join(f"{n} {v}" for n, v in sorted(versions.items())))
         return "done", "; ".join(done)
 
@@ -245,39 +257,42 @@ class Runbook:
         before = set(run.state.get("reboot_before", []))
         asked = [p for p in self._reboot_requests(run) if p not in before]
         predicted = sorted(i.name for i in run.items if i.disruption == "reboot")
-        if (asked or predicted) and not run.state.get("may_reboot", True):
-            return "done", (f"reboot needed by {', '.join(asked or predicted)}; left for "
-                            "the next maintenance window")
-        if asked or predicted:
+        needed = ", ".join(asked or predicted)
+        notes = []
+        if needed and self._offline:
+            return "done", f"reboot needed by {needed} inside the alternate root; this " \
+                           "host is not rebooted"
+        if self._offline:
+            return "skipped", "alternate root: no driver or service to restart here"
+        if needed and not run.state.get("may_reboot", True):
+            notes.append(f"reboot needed by {needed}; left for the next maintenance window")
+        elif needed and cfg.reboot == "never":
+            notes.append(f"reboot needed by {needed}; not rebooting (updates.reboot = never)")
+        elif needed:
             boot = _boot_id(cfg.boot_id_file)
             old = run.state.get("reboot_boot_id")
             if old is not None and boot != old:
                 return "done", f"rebooted (boot id {old[:8]} → {boot[:8]})"
-            if cfg.reboot == "never":
-                return "done", (f"reboot needed by {', '.join(asked or predicted)}; "
-                                "not rebooting (updates.reboot = never)")
-            notes = []
             if not run.state.get("drained"):
                 # a reboot nobody predicted: workloads leave first all the same
                 notes.append(self._take_out_of_service(run, "reboot required"))
             run.state["reboot_boot_id"] = boot
             self.ctx.history.save_state(run.id, run.state)
             run_command(cfg.reboot_command, "reboot")
-            raise _Rebooting("; ".join([*notes, f"rebooting for {', '.join(asked or predicted)}; "
-                                        "the run continues after boot"]))
-        notes = []
-        if run.mode == "driver":
+            raise _Rebooting("; ".join([*notes, f"rebooting for {needed}; the run continues "
+                                        "after boot"]))
+        if run.mode == "driver" or any(i.disruption == "driver-reload" for i in run.items):
             run_command(cfg.driver_reload_command, "driver reload")
             notes.append(f"driver reloaded: {' '.join(cfg.driver_reload_command)}")
         units = sorted({u for i in run.items for u in self._units_now(i)})
-        if units and self.ctx.alternate_root:
-            notes.append(f"not restarted (alternate root): {', '.join(units)}")
-        elif units:
+        if units:
             run_command([*cfg.restart_command, *units], "restart services")
             notes.append(f"restarted {', '.join(units)}")
         return ("done", "; ".join(notes)) if notes else ("skipped", "nothing to restart")
 
     def _gate(self, run: RunRecord) -> tuple[str, str]:
+        if self._offline:
+            return "skipped", "alternate root: this host's health says nothing about it"
         if self.ctx.cfg.gate_settle > 0:
             self.ctx.sleep(self.ctx.cfg.gate_settle)
         results = self.ctx.gate()
@@ -287,7 +302,9 @@ class Runbook:
                and _SEVERITY.get(baseline.get(r.check, "OK"), 0) < _SEVERITY[r.status]]
         if run.mode == "driver":
             drv = next((r for r in results if r.check == "gpu_driver"), None)
-            if drv is None or drv.status != "OK" or drv.message.startswith("no NVIDIA"):
+            module = drv.details.get("kernel_module") if drv is not None else None
+            if drv is None or drv.status != "OK" or not module \
+                    or module != drv.details.get("library"):
                 why = drv.message if drv is not None else "the gpu_driver check did not run"
                 raise UpdateError(f"driver check after the driver update: {why}")
         if bad:
@@ -371,6 +388,21 @@ class Runbook:
         if wid and self.ctx.maintenance is not None:
             self.ctx.maintenance.end(wid)
             notes.append(f"maintenance window {wid} ended")
+
+
+def lock_busy(path: Path) -> bool:
+    """Whether a runbook holds the update lock now (in any process)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _boot_id(path: str) -> str:

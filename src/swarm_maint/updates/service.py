@@ -22,7 +22,7 @@ from .history import RunRecord, UpdateHistory
 from .packages.apt import AptManager
 from .packages.pip import PipManager
 from .policy import Mode, PlanItem, Policy, SeenVersions, Target, make_plan
-from .runbook import Runbook, RunbookContext
+from .runbook import Runbook, RunbookContext, lock_busy
 
 __all__ = ["UpdateService", "build_targets"]
 
@@ -78,9 +78,17 @@ class UpdateService:
     def check_no_unfinished_run(self) -> None:
         """A run that was cut off must be finished before anything else changes."""
         pending = self.history.unfinished()
-        if pending is not None:
-            raise UpdateError(f"update run {pending.id} was cut off ({pending.status}); "
-                              "finish it first with `swarm-maint update resume`")
+        if pending is None:
+            return
+        if lock_busy(self._lock_path):
+            raise UpdateError(f"update run {pending.id} is running now; wait for it "
+                              "(`swarm-maint update history`)")
+        raise UpdateError(f"update run {pending.id} was cut off ({pending.status}); "
+                          "finish it first with `swarm-maint update resume`")
+
+    @property
+    def _lock_path(self) -> Path:
+        return self.cfg.agent.resolved_state_dir() / "updates.lock"
 
     def apply(self, items: list[PlanItem], mode: Mode, *, trigger: str = "cli",
               may_reboot: bool = True) -> RunRecord:
@@ -98,12 +106,11 @@ class UpdateService:
     # -- parts of the runbook ---------------------------------------------------------------
 
     def _runbook(self) -> Runbook:
-        state_dir = self.cfg.agent.resolved_state_dir()
         return Runbook(RunbookContext(
             cfg=self.cfg.updates, history=self.history, clock=self.clock,
             targets=self.targets, drainer=build_drainer(self.cfg.updates),
             snapshot=self._snapshot, restore=self._restore, gate=self._gate,
-            lock_path=state_dir / "updates.lock", maintenance=self.maintenance,
+            lock_path=self._lock_path, maintenance=self.maintenance,
             alternate_root=self.root is not None, node_name=self.cfg.agent.resolved_node_name(),
             on_step=self.on_step))
 

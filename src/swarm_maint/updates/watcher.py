@@ -94,6 +94,11 @@ class SecurityWatcher:
                 log.exception("security update check failed")
             wait = interval
 
+    def pending(self) -> tuple[list[PlanItem] | None, float | None]:
+        """The last check's plan and when it ran (None, None before the first check)."""
+        with self._lock:
+            return self._pending, self._checked
+
     # -- metrics ----------------------------------------------------------------------------
 
     def collector(self) -> _UpdatesCollector:

@@ -45,6 +45,10 @@ def parse_policy_releases(text: str) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     index: str | None = None
     for line in text.splitlines():
+        site = re.match(r"^\s+origin (\S+)$", line)
+        if site and index is not None and index in out:
+            out[index]["site"] = site.group(1)
+            continue
         rel = _RELEASE.match(line)
         if rel and index is not None:
             fields = {}
