@@ -79,6 +79,11 @@ class UpdateHistory:
                                 " ORDER BY id DESC LIMIT 1", FINISHED)
         return self._with_steps(_run(rows[0])) if rows else None
 
+    def has_unfinished(self) -> bool:
+        """Cheap form of ``unfinished() is not None`` (no steps, no JSON)."""
+        return bool(self.store.query("SELECT 1 FROM update_runs WHERE status NOT IN (?, ?)"
+                                     " LIMIT 1", FINISHED))
+
     def last_finished(self) -> RunRecord | None:
         rows = self.store.query("SELECT * FROM update_runs WHERE status IN (?, ?)"
                                 " ORDER BY id DESC LIMIT 1", FINISHED)

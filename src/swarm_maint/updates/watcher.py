@@ -62,7 +62,7 @@ class SecurityWatcher:
         """Resume a cut-off run, plan, apply what may go now; the pending plan."""
         svc = UpdateService(self.cfg, self.store, clock=self.clock,
                             maintenance=self.maintenance, config_file=self.config_file)
-        if svc.history.unfinished() is not None:
+        if svc.history.has_unfinished():
             run = svc.resume()
             if run is not None:
                 log.info("update run %d resumed: %s", run.id, run.status)
@@ -113,7 +113,7 @@ class SecurityWatcher:
             last = self.history.last_finished()
             cached = (now, None if last is None else float(last.status == "succeeded"),
                       None if last is None else last.ended,
-                      self.history.unfinished() is not None)
+                      self.history.has_unfinished())
             with self._lock:
                 self._runs = cached
         return cached[1], cached[2], cached[3]
