@@ -13,6 +13,7 @@ command -v dpkg-scanpackages >/dev/null || need+=(dpkg-dev)
 command -v restic >/dev/null || need+=(restic)
 command -v borg >/dev/null || need+=(borgbackup)
 [[ -x /usr/bin/time ]] || need+=(time)
+command -v systemd-analyze >/dev/null || need+=(systemd)  # verifies the shipped unit
 
 if ((${#need[@]} == 0)); then
   exit 0

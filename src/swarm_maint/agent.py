@@ -1,8 +1,10 @@
 """The node agent: builds every component from the config in one place and runs them.
 
 Threads: the main thread waits for SIGTERM/SIGINT; the hub collects on its own thread;
-uvicorn serves the API on a third. Stopping sets one event, and every component is
-closed in reverse order of creation, so state is consistent within about a second.
+uvicorn serves the API on a third; the health runner, alert delivery and the maintenance
+scheduler (whose jobs run on threads of their own) on the others. Stopping sets one
+event, and every component is closed in reverse order of creation, so state is consistent
+within about a second.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -25,12 +28,17 @@ from .api.auth import ensure_token
 from .clock import Clock, SystemClock
 from .config import Config, parse_listen
 from .errors import StateError, UsageError
-from .health.check import FrameSamples
+from .health.check import FrameSamples, gpus_idle
+from .health.runner import HealthRunner
 from .health.service import HealthService, build_health
 from .monitoring.build import build_collectors
 from .monitoring.collector import CollectorContext
 from .monitoring.history import MetricHistory
 from .monitoring.hub import MetricsHub
+from .schedule.builtin import JobContext
+from .schedule.metrics import ScheduleCollector
+from .schedule.scheduler import Scheduler
+from .schedule.service import build_scheduler, gpu_utilization
 from .store import Store
 from .updates.watcher import SecurityWatcher
 
@@ -154,13 +162,39 @@ class Agent:
                 maintenance=self.alerts.maintenance if self.alerts is not None else None,
                 config_file=config_file)
             self.hub.collectors.append(self.updates.collector())
+        self.scheduler: Scheduler | None = None
+        if config.schedule.enabled:
+            self.scheduler = self._build_scheduler(config_file)
+            self.hub.collectors.append(ScheduleCollector(self.scheduler))
         self.app = create_app(ApiContext(hub=self.hub, token=self.token, clock=self.clock,
                                          health=self.health.runner if self.health else None,
-                                         alerts=self.alerts, updates=self.updates))
+                                         alerts=self.alerts, updates=self.updates,
+                                         scheduler=self.scheduler))
+
+    def _build_scheduler(self, config_file: Path | None) -> Scheduler:
+        health = self.health
+
+        @contextlib.contextmanager
+        def runner() -> Iterator[HealthRunner]:
+            assert health is not None
+            yield health.runner
+
+        def frame() -> FrameSamples:
+            return FrameSamples(self.hub.latest())
+
+        ctx = JobContext(
+            self.config, self.store, self.clock, config_file=config_file,
+            health=runner if health is not None else None,
+            idle=lambda: gpus_idle(frame()),
+            maintenance=self.alerts.maintenance if self.alerts is not None else None,
+            security_check=self.updates.check_once if self.updates is not None else None)
+        return build_scheduler(ctx, utilization=lambda: gpu_utilization(frame()))
 
     def stop(self) -> None:
         self._stop.set()
         self.hub.request_collection()  # wake the collection thread
+        if self.scheduler is not None:
+            self.scheduler.wake()
 
     def run(self) -> None:
         """Serve until stop() or SIGTERM/SIGINT; always closes every component."""
@@ -196,10 +230,10 @@ class Agent:
                              name="alert-delivery", daemon=True)
             if self.alerts is not None else None
         )
-        updates_thread = (
-            threading.Thread(target=self.updates.run, args=(self._stop,), name="updates",
+        scheduler_thread = (
+            threading.Thread(target=self.scheduler.run, args=(self._stop,), name="scheduler",
                              daemon=True)
-            if self.updates is not None else None
+            if self.scheduler is not None else None
         )
         health_thread = (
             threading.Thread(target=self.health.runner.run, args=(self._stop,),
@@ -215,8 +249,8 @@ class Agent:
                 health_thread.start()
             if delivery_thread is not None:
                 delivery_thread.start()
-            if updates_thread is not None:
-                updates_thread.start()
+            if scheduler_thread is not None:
+                scheduler_thread.start()
             log.info(
                 "swarm-maint agent on http://%s (node %s, state %s, %d collectors)",
                 self.listen, self.node_name, self.state_dir, len(self.hub.collectors),
@@ -241,9 +275,10 @@ class Agent:
                 health_thread.join(timeout=1.0)
             if delivery_thread is not None and delivery_thread.is_alive():
                 delivery_thread.join(timeout=1.0)
-            if updates_thread is not None and updates_thread.is_alive():
-                # a run cut off here is resumed at the next start
-                updates_thread.join(timeout=1.0)
+            if scheduler_thread is not None and self.scheduler is not None:
+                # a job still running is recorded as interrupted and runs again at start
+                self.scheduler.close()
+                scheduler_thread.join(timeout=1.0)
             self.hub.close()
             self.store.close()
             sock.close()

@@ -5,7 +5,8 @@
     ├── UsageError             exit 2   bad command-line or API input
     ├── StateError             exit 4   the state directory or database cannot be used
     ├── AgentUnreachableError  exit 5   no agent answers at the configured address
-    └── PluginError            exit 6   a configured plugin cannot be loaded
+    ├── PluginError            exit 6   a configured plugin cannot be loaded
+    └── ServiceError           exit 7   the systemd unit cannot be installed or removed
 
 The CLI prints ``str(error)`` on one line and exits with ``error.exit_code``;
 tracebacks appear only with ``--debug``.
@@ -17,6 +18,7 @@ __all__ = [
     "AgentUnreachableError",
     "ConfigError",
     "PluginError",
+    "ServiceError",
     "StateError",
     "SwarmMaintError",
     "UsageError",
@@ -57,3 +59,9 @@ class PluginError(SwarmMaintError):
     """A plugin named in the configuration cannot be found or loaded."""
 
     exit_code = 6
+
+
+class ServiceError(SwarmMaintError):
+    """The systemd unit cannot be written, removed, enabled or started (names the command)."""
+
+    exit_code = 7

@@ -176,6 +176,39 @@ MIGRATIONS: list[tuple[str, str]] = [
         ) WITHOUT ROWID
         """,
     ),
+    (
+        "0006_jobs",
+        """
+        CREATE TABLE job_runs (
+            id INTEGER PRIMARY KEY,
+            job TEXT NOT NULL,
+            slot REAL,                         -- the scheduled time it is for, NULL: by hand
+            trigger TEXT NOT NULL,             -- schedule, catch-up, retry, recovery, cli, api
+            attempt INTEGER NOT NULL,
+            started REAL NOT NULL,
+            ended REAL,
+            status TEXT NOT NULL,              -- waiting, running, succeeded, failed,
+                                               -- skipped, missed, interrupted
+            summary TEXT NOT NULL,
+            details TEXT NOT NULL,             -- JSON object
+            holder TEXT NOT NULL               -- host:pid:start of the process running it
+        );
+        CREATE INDEX job_runs_by_job ON job_runs (job, id);
+        CREATE TABLE job_state (
+            job TEXT PRIMARY KEY,
+            first_seen REAL NOT NULL,          -- staleness counts from here before a success
+            done_slot REAL,                    -- the latest slot handled (ran, missed …)
+            last_success REAL                  -- end of the last successful run
+        ) WITHOUT ROWID;
+        CREATE TABLE leases (
+            name TEXT PRIMARY KEY,             -- maintenance
+            owner TEXT NOT NULL,               -- the job or command holding it
+            holder TEXT NOT NULL,              -- host:pid:start of its process
+            acquired REAL NOT NULL,
+            expires REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
 ]
 
 

@@ -19,9 +19,11 @@ from ..health.runner import HealthRunner
 from ..monitoring.history import Aggregate
 from ..monitoring.hub import MetricsHub
 from ..monitoring.summary import node_summary
+from ..schedule.scheduler import Scheduler
 from ..updates.watcher import SecurityWatcher
 from .alerts_routes import alerts_router
 from .auth import token_matches
+from .jobs_routes import jobs_router
 
 __all__ = ["METRICS_CONTENT_TYPE", "ApiContext", "create_app", "parse_time"]
 
@@ -37,6 +39,7 @@ class ApiContext:
     health: HealthRunner | None = None
     alerts: AlertService | None = None
     updates: SecurityWatcher | None = None
+    scheduler: Scheduler | None = None
 
 
 class _Unauthorized(Exception):
@@ -111,6 +114,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
                           "problems": [{k: c[k] for k in ("check", "status", "message",
                                                           "action")}
                                        for c in h["conditions"] if c["status"] != "OK"]}
+        data["jobs"] = [] if ctx.scheduler is None else [
+            {"name": j["name"], "state": j["state"], "next_run": j["next_run"],
+             "last_status": (j["last_run"] or {}).get("status"),
+             "last_ended": (j["last_run"] or {}).get("ended"),
+             "summary": (j["last_run"] or {}).get("summary", "")}
+            for j in ctx.scheduler.statuses()]
         return data
 
     @app.get("/api/v1/health")
@@ -129,6 +138,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return {"transitions": ctx.health.history(check, parse_time(since, now, 0.0), limit)}
 
     app.include_router(alerts_router(lambda: ctx.alerts, ctx.clock.time, require_token))
+    app.include_router(jobs_router(lambda: ctx.scheduler, require_token))
 
     @app.get("/api/v1/updates")
     def updates(limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict[str, Any]:

@@ -196,9 +196,12 @@ def forget(
     now: float | None = None,
     forget_all: bool = False,
     dry_run: bool = False,
+    only_tags: Iterable[str] = (),
 ) -> ForgetResult:
     """Delete the snapshot objects the policy does not keep (only the objects: their data
-    stays until ``prune``). Snapshots that cannot be read are never deleted here."""
+    stays until ``prune``). Snapshots that cannot be read are never deleted here.
+    With ``only_tags``, only snapshots carrying all of them are considered (a scheduled
+    backup job's own snapshots, in a repository several jobs share)."""
     keep_tags = tuple(keep_tags)
     # refuse before reading anything
     if KeepPolicy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly,
@@ -206,11 +209,15 @@ def forget(
         raise UsageError("no keep policy given; refusing to forget everything")
     result = ForgetResult(dry_run=dry_run)
     snaps: list[Snapshot] = []
+    required = set(only_tags)
     for sid in repo.list_objects("snapshots"):
         try:
-            snaps.append((sid, repo.load_object("snapshots", sid)))
+            obj = repo.load_object("snapshots", sid)
         except (DamagedObjectError, OSError, ValueError):
             result.unreadable.append(sid)
+            continue
+        if required <= set(obj.get("tags", [])):
+            snaps.append((sid, obj))
     result.kept, result.removed = select_forget(
         snaps, keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
         keep_weekly=keep_weekly, keep_monthly=keep_monthly, keep_yearly=keep_yearly,

@@ -16,6 +16,7 @@ from . import (
     config_cmd,
     config_snapshot_cmd,
     health_cmd,
+    service_cmd,
     status_cmd,
     update_cmd,
 )
@@ -35,6 +36,7 @@ app.add_typer(config_snapshot_cmd.app, name="config-snapshot")
 app.add_typer(health_cmd.app, name="health")
 app.add_typer(alerts_cmd.app, name="alerts")
 app.add_typer(update_cmd.app, name="update")
+app.add_typer(service_cmd.app, name="service")
 
 _debug = False
 

@@ -1,10 +1,11 @@
 """Security patches "as needed": the agent's side of the update system.
 
-Every ``updates.security_check_interval`` the agent refreshes the package indexes and plans
-a security run. Non-disruptive security updates are applied at once (no drain, no reboot:
-one asked for is left to the next window); disruptive ones wait for a maintenance window
-(the weekly update job). A run that was cut off (a crash, a reboot) is resumed first, so a
-node that rebooted for an update finishes it by itself after boot.
+On each run of the ``security-updates`` job (hourly by default, see docs/schedule.md) the
+agent refreshes the package indexes and plans a security run. Non-disruptive security
+updates are applied at once (no drain, no reboot: one asked for is left to the next
+window); disruptive ones wait for the weekly ``system-updates`` job in a maintenance
+window. A run that was cut off (a crash, a reboot) is resumed first, so a node that
+rebooted for an update finishes it by itself after boot.
 
 What is pending is exported for the alert rules (SecurityPatchesPending, UpdateFailed)::
 
@@ -28,7 +29,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from ..alerts.maintenance import Maintenance
 from ..clock import Clock
 from ..config import Config
-from ..errors import SwarmMaintError
 from ..monitoring.collector import CollectorStatus
 from ..store import Store
 from .history import UpdateHistory
@@ -39,7 +39,6 @@ __all__ = ["SecurityWatcher"]
 
 log = logging.getLogger(__name__)
 
-_FIRST_CHECK_MAX = 60.0  # after start, let the node settle before touching packages
 _RUNS_TTL = 10.0
 
 
@@ -81,18 +80,6 @@ class SecurityWatcher:
             self._checked = self.clock.time()
             self._runs = None
         return items
-
-    def run(self, stop: threading.Event) -> None:
-        interval = self.cfg.updates.security_check_interval
-        wait = min(interval, _FIRST_CHECK_MAX)
-        while not stop.wait(wait):
-            try:
-                self.check_once()
-            except SwarmMaintError as exc:
-                log.warning("security update check: %s", exc)
-            except Exception:
-                log.exception("security update check failed")
-            wait = interval
 
     def pending(self) -> tuple[list[PlanItem] | None, float | None]:
         """The last check's plan and when it ran (None, None before the first check)."""

@@ -1,0 +1,65 @@
+"""Shared pieces of the config models: the section base class, durations, small parsers."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+
+from ..durations import format_duration, parse_duration
+
+__all__ = ["Duration", "default_state_dir", "parse_listen"]
+
+
+def _to_seconds(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration string such as '30s'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("durations cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        return parse_duration(value)
+    raise ValueError("expected a duration string such as '30s'")
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_to_seconds),
+    PlainSerializer(format_duration, return_type=str),
+]
+"""Seconds in Python, a string like ``"5m"`` in TOML."""
+
+
+def default_state_dir() -> Path:
+    """$XDG_STATE_HOME/swarm-maint, else ~/.local/state/swarm-maint."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "swarm-maint"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6) into its parts."""
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", value.strip())
+    if not m:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9310 or [::1]:9310)")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is outside 1-65535")
+    return host, port
+
+
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from None
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+

@@ -1,0 +1,77 @@
+"""Cron expressions (croniter) evaluated in the node's time zone.
+
+Five fields (``min hour dom mon dow``), the ``@hourly``/``@daily``/``@weekly``/``@monthly``
+aliases, and croniter's optional sixth field, seconds (``* * * * * */10``: every ten
+seconds), which short test schedules use.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, tzinfo
+from functools import cached_property
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterError, croniter
+
+__all__ = ["CronSpec", "check_cron", "resolve_timezone"]
+
+
+def resolve_timezone(name: str) -> tzinfo:
+    """An IANA zone such as ``Europe/Berlin``; empty means the system's local zone."""
+    if not name:
+        local = datetime.now().astimezone().tzinfo
+        assert local is not None
+        return local
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as "
+                         "'UTC' or 'Europe/Berlin')") from None
+
+
+def check_cron(expr: str) -> str:
+    """``expr`` if croniter accepts it; a readable ValueError otherwise."""
+    try:
+        croniter(expr)
+    except (CroniterError, ValueError, KeyError) as exc:
+        raise ValueError(f"invalid cron expression {expr!r}: {exc} (five fields: minute "
+                         "hour day-of-month month day-of-week, e.g. '0 3 * * *')") from None
+    return expr
+
+
+class CronSpec:
+    """One cron expression in one time zone; times are unix seconds."""
+
+    def __init__(self, expr: str, tz: tzinfo) -> None:
+        self.expr = check_cron(expr)
+        self.tz = tz
+
+    def __repr__(self) -> str:
+        return f"CronSpec({self.expr!r})"
+
+    def _iter(self, t: float) -> croniter:
+        return croniter(self.expr, datetime.fromtimestamp(t, self.tz))
+
+    def next_after(self, t: float) -> float:
+        """The first fire time strictly after ``t``."""
+        return float(self._iter(t).get_next(float))
+
+    def prev_at_or_before(self, t: float) -> float:
+        """The last fire time at or before ``t``."""
+        nxt = self.next_after(t - 1e-3)
+        if nxt <= t:
+            return nxt
+        return float(self._iter(t).get_prev(float))
+
+    @cached_property
+    def period(self) -> float:
+        """The longest gap between consecutive fires over a year of them (at most 400)."""
+        t = self.next_after(1_767_225_600.0)  # 2026-01-01: any fixed start will do
+        gap = 0.0
+        for _ in range(400):
+            n = self.next_after(t)
+            gap = max(gap, n - t)
+            t = n
+            if t > 1_767_225_600.0 + 366 * 86400:
+                break
+        return gap

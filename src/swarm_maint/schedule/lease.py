@@ -1,0 +1,147 @@
+"""The node's maintenance lease: one backup, update or active diagnostic at a time.
+
+The lease is a row in the state database (``leases``), taken in an immediate
+transaction, so the agent's jobs and CLI commands (``update apply``, ``jobs run``)
+exclude each other across processes. The holder renews it while it works; a lease whose
+holder died is free at once when the holder was a process on this host that no longer
+exists (pid and start time no longer match), and in any case once it expires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+
+import psutil
+
+from ..clock import Clock
+from ..store import Store
+from .errors import LeaseBusyError
+
+__all__ = ["Lease", "LeaseInfo", "process_alive", "process_identity"]
+
+MAINTENANCE = "maintenance"
+
+
+@cache
+def process_identity() -> str:
+    """``host:pid:start`` of this process: unique even when pids are reused."""
+    start = psutil.Process(os.getpid()).create_time()
+    return f"{socket.gethostname()}:{os.getpid()}:{start:.2f}"
+
+
+def process_alive(identity: str) -> bool:
+    """Whether the process named by ``identity`` still runs (True when unknowable)."""
+    host, _, rest = identity.partition(":")
+    pid_text, _, start_text = rest.partition(":")
+    if host != socket.gethostname():
+        return True  # another host: only the expiry can tell
+    try:
+        proc = psutil.Process(int(pid_text))
+        return f"{proc.create_time():.2f}" == start_text
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+    except psutil.Error:
+        return True
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    owner: str          # what holds it: a job name, or "cli: update apply"
+    holder: str         # process identity
+    acquired: float
+    expires: float
+
+    def describe(self) -> str:
+        since = datetime.fromtimestamp(self.acquired, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        pid = self.holder.split(":")[1] if self.holder.count(":") >= 2 else "?"
+        return f"{self.owner} (pid {pid}) since {since}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"owner": self.owner, "holder": self.holder, "acquired": self.acquired,
+                "expires": self.expires}
+
+
+class Lease:
+    def __init__(self, store: Store, clock: Clock, ttl: float = 120.0,
+                 name: str = MAINTENANCE) -> None:
+        self.store = store
+        self.clock = clock
+        self.ttl = ttl
+        self.name = name
+
+    def holder(self) -> LeaseInfo | None:
+        """The live holder, or None when the lease is free."""
+        rows = self.store.query("SELECT owner, holder, acquired, expires FROM leases"
+                                " WHERE name = ?", (self.name,))
+        if not rows:
+            return None
+        info = LeaseInfo(*rows[0])
+        if info.expires <= self.clock.time() or not process_alive(info.holder):
+            return None
+        return info
+
+    def try_acquire(self, owner: str) -> LeaseInfo | None:
+        """Take the lease for ``owner``; None when someone else holds it."""
+        me = process_identity()
+        now = self.clock.time()
+        with self.store.transaction() as conn:
+            row = conn.execute("SELECT owner, holder, acquired, expires FROM leases"
+                               " WHERE name = ?", (self.name,)).fetchone()
+            if row is not None:
+                cur = LeaseInfo(*row)
+                live = cur.expires > now and process_alive(cur.holder)
+                if live and not (cur.holder == me and cur.owner == owner):
+                    return None
+            conn.execute("INSERT OR REPLACE INTO leases (name, owner, holder, acquired, expires)"
+                         " VALUES (?, ?, ?, ?, ?)", (self.name, owner, me, now, now + self.ttl))
+        return LeaseInfo(owner, me, now, now + self.ttl)
+
+    def renew(self, owner: str) -> bool:
+        """Push the expiry on; False when the lease was lost (it expired and was taken)."""
+        with self.store.transaction() as conn:
+            cur = conn.execute("UPDATE leases SET expires = ? WHERE name = ? AND owner = ?"
+                               " AND holder = ?", (self.clock.time() + self.ttl, self.name,
+                                                   owner, process_identity()))
+            return cur.rowcount == 1
+
+    def release(self, owner: str) -> None:
+        with self.store.transaction() as conn:
+            conn.execute("DELETE FROM leases WHERE name = ? AND owner = ? AND holder = ?",
+                         (self.name, owner, process_identity()))
+
+    @contextlib.contextmanager
+    def hold(self, owner: str) -> Iterator[LeaseInfo]:
+        """Hold the lease for a block, renewing it on a thread; LeaseBusyError if taken."""
+        info = self.try_acquire(owner)
+        if info is None:
+            cur = self.holder()
+            who = cur.describe() if cur is not None else "another process"
+            raise LeaseBusyError(f"the node's maintenance lease is held by {who}; try again "
+                                 "when it finishes (`swarm-maint jobs list`)")
+        with self.keep_renewed(owner):
+            yield info
+
+    @contextlib.contextmanager
+    def keep_renewed(self, owner: str) -> Iterator[None]:
+        """Renew the held lease every third of its ttl until the block ends, then free it."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.ttl / 3):
+                self.renew(owner)
+
+        t = threading.Thread(target=beat, name="lease-renew", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            done.set()
+            t.join(timeout=5)
+            self.release(owner)
