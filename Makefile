@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 system-deps:
 	@scripts/system-deps.sh
 
-## Run the node agent on its embedded defaults (Ctrl-C stops it).
+## Run the node agent on its embedded defaults (Ctrl-C stops it). The default backup job
+## backs up ~/swarm-data into a local repository: the directory is created for it.
 run: $(STAMP)
+	@mkdir -p "$(HOME)/swarm-data"
 	$(BIN)/swarm-maint agent
 
 ## Lint, type-check and run the whole test suite.

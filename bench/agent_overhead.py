@@ -265,10 +265,16 @@ def agent_argv(workdir: Path, port: int, interval: float) -> list[str]:
         'log_level = "info"\n'
         "[monitoring]\n"
         f'interval = "{round(interval * 1000)}ms"\n'
-        # the hourly package check (apt-get update, a plan) is not per-second monitoring
-        # cost, and it must not touch the packages of the machine running the benchmark
+        # The updates and schedule collectors run every second like the rest and are
+        # measured; the jobs themselves (apt-get update and a plan, backups, snapshots,
+        # the full health suite) are not per-second monitoring cost, and must not touch
+        # the packages or files of the machine running the benchmark.
         "[updates]\n"
-        "enabled = false\n"
+        "apt = false\n"
+        "[backup]\n"
+        "jobs = []\n"
+        + "".join(f'[schedule.jobs.{job}]\nenabled = false\n' for job in (
+            "health", "diagnostics", "config-snapshot", "security-updates", "system-updates"))
     )
     script = Path(sys.executable).parent / "swarm-maint"
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "swarm_maint.cli.main"]

@@ -284,7 +284,7 @@ def agent_toml(node: FakeNode, rules: Path | None, hook_url: str | None) -> str:
                   'interval = "1s"', 'timeout = "5s"']
     for i in range(node.trials):
         lines += [f"[health.checks.{check_name(i)}]", "passes_to_clear = 1"]
-    lines += ["[updates]", "enabled = false", "[alerts]"]
+    lines += ["[updates]", "enabled = false", "[schedule]", "enabled = false", "[alerts]"]
     if rules is None:
         lines.append("enabled = false")
     else:

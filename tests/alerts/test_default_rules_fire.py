@@ -113,6 +113,14 @@ CASES: list[tuple[str, Callable[[int], Series], int, Callable[[int], Series]]] =
      lambda i: {"swarm_backup_last_success_timestamp_seconds": [({"job": "models"},
                                                                  T0 - 3600)],
                 "swarm_backup_max_age_seconds": [({"job": "models"}, 129600.0)]}),
+    ("MaintenanceJobFailed",
+     lambda i: {"swarm_job_last_run_success": [({"job": "health", "kind": "health"}, 0.0)]},
+     1, lambda i: {"swarm_job_last_run_success": [
+         ({"job": "health", "kind": "health"}, 1.0),
+         ({"job": "backup:models", "kind": "backup"}, 0.0)]}),  # BackupFailed's, not ours
+    ("MaintenanceJobMissed",
+     lambda i: {"swarm_job_missed": [({"job": "system-updates", "kind": "updates"}, 1.0)]},
+     1, lambda i: {"swarm_job_missed": [({"job": "system-updates", "kind": "updates"}, 0.0)]}),
     ("SecurityPatchesPending",
      lambda i: {"swarm_update_security_pending_age_seconds": [({}, 2 * 86400.0)]}, 1,
      lambda i: {"swarm_update_security_pending_age_seconds": [({}, 3600.0)]}),

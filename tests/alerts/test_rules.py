@@ -269,8 +269,8 @@ def test_default_rules_load() -> None:
     assert {"Watchdog", "GpuXidNeedsResetOrReboot", "GpuUncorrectableEcc",
             "GpuRowRemapPending", "GpuRowRemapFailed", "GpuLost", "GpuCountBelowExpected",
             "GpuThermalThrottle", "DiskAlmostFull", "MemoryPressure",
-            "HealthCheckCritical", "BackupFailed", "BackupTooOld", "SecurityPatchesPending",
-            "UpdateFailed"} == names
+            "HealthCheckCritical", "BackupFailed", "BackupTooOld", "MaintenanceJobFailed",
+            "MaintenanceJobMissed", "SecurityPatchesPending", "UpdateFailed"} == names
     for r in rules:
         assert r.labels["severity"] in ("critical", "warning", "none"), r.name
         assert r.annotations.keys() >= {"summary", "description"}, r.name

@@ -106,6 +106,30 @@ def test_security_only_apply_touches_only_security_updates(tmp_path: Path,
     assert "run 1" in human and "succeeded" in human and "libfoo 1.0→1.0+sec1" in human
 
 
+def test_apply_waits_for_no_one_while_a_job_holds_the_maintenance_lease(
+        tmp_path: Path, repos: tuple[str, str]) -> None:
+    from swarm_maint.clock import SystemClock
+    from swarm_maint.schedule.lease import Lease
+    from swarm_maint.store import Store
+
+    env = node(tmp_path, repos)
+    before = env.installed()
+    store = Store(env.state / "state.db")
+    try:
+        lease = Lease(store, SystemClock())
+        assert lease.try_acquire("backup:data") is not None  # a backup runs on this node
+        busy = env.cli("update", "apply", "--security-only", "--yes")
+        lease.release("backup:data")
+    finally:
+        store.close()
+    assert busy.returncode == 31, busy.stderr
+    assert "maintenance lease is held by backup:data (pid" in busy.stderr
+    assert env.installed() == before and env.commands() == []
+    assert json.loads(env.cli("update", "history", "--json").stdout) == []
+    ok = env.cli("update", "apply", "--security-only", "--yes")
+    assert ok.returncode == 0, ok.stderr
+
+
 MODULE = ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  {v}  Tue Mar  5 22:23:56 UTC 2024\n"
           "GCC version:  gcc version 12.3.0\n")
 

@@ -104,8 +104,13 @@ def test_a_run_waiting_for_a_reboot_is_finished_after_boot(tmp_path: Path,
 
 def test_agent_applies_security_patches_and_exports_them(tmp_path: Path,
                                                          repos: tuple[str, str]) -> None:
-    env = make_node(tmp_path, repos, install=BASE,
-                    updates={"security_check_interval": "1s"})
+    # only the security-updates job, caught up 1 s after start (a first start counts as a
+    # missed slot), then hourly
+    only = {name: {"enabled": False} for name in (
+        "health", "diagnostics", "config-snapshot", "system-updates")}
+    env = make_node(tmp_path, repos, install=BASE, extra={
+        "schedule": {"start_delay": "1s", "jitter": "0s", "jobs": only},
+        "backup": {"config_snapshots": {"paths": ["/etc"]}, "jobs": []}})
     agent = start_agent(tmp_path, "--config", str(env.config_path))
     try:
         deadline = time.monotonic() + 60
@@ -123,6 +128,10 @@ def test_agent_applies_security_patches_and_exports_them(tmp_path: Path,
         assert api["enabled"] and api["last_check"] > 0
         assert {i["name"] for i in api["pending"]} == {"containerd-test", "tool"}
         assert api["runs"][0]["trigger"] == "agent" and api["runs"][0]["status"] == "succeeded"
+        jobs = httpx.get(f"{agent.url}/api/v1/jobs/history?job=security-updates",
+                         timeout=5).json()["runs"]
+        assert jobs[0]["status"] == "succeeded" and jobs[0]["trigger"] == "catch-up"
+        assert jobs[0]["summary"].startswith("2 security update(s) applied")
         assert httpx.get(f"{agent.url}/api/v1/updates?limit=0", timeout=5).status_code == 400
     finally:
         agent.proc.terminate()

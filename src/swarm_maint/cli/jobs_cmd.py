@@ -76,12 +76,33 @@ def _status(s: str) -> str:
     return f"[{_STYLE.get(s, '')}]{s}[/]"
 
 
+def _from_agent(config: Path | None, url: str | None) -> list[dict[str, Any]] | None:
+    """The running agent's view (it knows what waits and why), or None."""
+    import httpx
+
+    from .status_cmd import _agent_url
+
+    base = url or _agent_url(effective_config(config))
+    try:
+        resp = httpx.get(f"{base}/api/v1/jobs", timeout=3.0)
+        resp.raise_for_status()
+        data = resp.json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return list(data["jobs"]) if data.get("enabled") else None
+
+
 @app.command("list")
 def list_jobs(config: ConfigOption = None, state_dir: StateDirOption = None,
+              url: Annotated[str | None, typer.Option(
+                  "--url", help="Agent base URL (default: from the config).")] = None,
               json_out: JsonOption = False) -> None:
-    """Every job: schedule, state, next run and last result."""
-    with _scheduler(config, state_dir) as sched:
-        jobs = sched.statuses()
+    """Every job: schedule, state, next run and last result (from the running agent,
+    else read from the state directory)."""
+    jobs = _from_agent(config, url) if state_dir is None else None
+    if jobs is None:
+        with _scheduler(config, state_dir) as sched:
+            jobs = sched.statuses()
     if json_out:
         print_json(jobs)
         return

@@ -16,6 +16,7 @@ from . import (
     config_cmd,
     config_snapshot_cmd,
     health_cmd,
+    jobs_cmd,
     service_cmd,
     status_cmd,
     update_cmd,
@@ -36,6 +37,7 @@ app.add_typer(config_snapshot_cmd.app, name="config-snapshot")
 app.add_typer(health_cmd.app, name="health")
 app.add_typer(alerts_cmd.app, name="alerts")
 app.add_typer(update_cmd.app, name="update")
+app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(service_cmd.app, name="service")
 
 _debug = False
@@ -73,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("swarm-maint: aborted\n")
         return 130
     except Exception as exc:  # click usage errors come through here in non-standalone mode
-        from click.exceptions import ClickException
-
-        if isinstance(exc, ClickException):
-            exc.show()
-            return exc.exit_code
+        # recent Typer vendors click as typer._click: recognise its ClickException by shape
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            return code
         raise
     # in non-standalone mode a command's typer.Exit(n) comes back as the return value
     return rv if isinstance(rv, int) else 0

@@ -58,6 +58,13 @@ def _bytes(v: float | None) -> str:
     return "-"  # unreachable
 
 
+def _time(ts: float | None) -> str:
+    from datetime import datetime
+
+    return "-" if ts is None else datetime.fromtimestamp(ts).astimezone().strftime(
+        "%Y-%m-%d %H:%M")
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v * 100:.1f} %"
 
@@ -118,6 +125,19 @@ def render(data: dict[str, Any], console: Console) -> None:
                       "yes" if f["readonly"] else "")
         console.print(t)
 
+    jobs = data.get("jobs") or []
+    if jobs:
+        t = Table(title="maintenance jobs")
+        for col in ("job", "state", "last result", "next run", "summary"):
+            t.add_column(col, overflow="fold")
+        result_colour = {"succeeded": "green", "failed": "bold red", "missed": "yellow",
+                  "interrupted": "magenta"}
+        for j in jobs:
+            last = j.get("last_status") or "-"
+            t.add_row(j["name"], j["state"], f"[{result_colour.get(last, '')}]{last}[/]",
+                      _time(j.get("next_run")), j.get("summary") or "")
+        console.print(t)
+
     t = Table(title="collectors")
     for col in ("collector", "state", "time", "message"):
         t.add_column(col)
@@ -136,7 +156,8 @@ def status(
         str | None, typer.Option("--url", help="Agent base URL (default: from the config).")
     ] = None,
 ) -> None:
-    """Node summary: CPU, memory, network, disks, GPUs and the collectors' state."""
+    """Node summary: CPU, memory, network, disks, GPUs, health, maintenance jobs and the
+    collectors' state."""
     cfg = effective_config(config)
     data = fetch_or_collect(cfg, url)
     if json_out:

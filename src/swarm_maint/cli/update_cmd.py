@@ -52,6 +52,19 @@ def _service(config: Path | None, root: Path | None) -> Iterator[UpdateService]:
         store.close()
 
 
+@contextmanager
+def _node_lease(svc: UpdateService, owner: str) -> Iterator[None]:
+    """The node's maintenance lease, so no scheduled backup or diagnostic runs beside the
+    update (an image root that is not this node needs none)."""
+    from ..schedule.lease import Lease
+
+    if svc.root is not None and not svc.cfg.updates.root_is_live:
+        yield
+        return
+    with Lease(svc.store, svc.clock, svc.cfg.schedule.lease_ttl).hold(owner):
+        yield
+
+
 def _mode(security_only: bool, driver: bool) -> Mode:
     if security_only and driver:
         raise UsageError("--security-only and --driver exclude each other")
@@ -156,7 +169,8 @@ def apply(
                 raise typer.Exit(1)
         if not json_out:
             svc.on_step.append(_print_step)
-        run = svc.apply(items, mode)
+        with _node_lease(svc, "cli: update apply"):
+            run = svc.apply(items, mode)
     _report(run, json_out)
 
 
@@ -167,7 +181,8 @@ def resume(root: RootOption = None, config: ConfigOption = None,
     with _service(config, root) as svc:
         if not json_out:
             svc.on_step.append(_print_step)
-        run = svc.resume()
+        with _node_lease(svc, "cli: update resume"):
+            run = svc.resume()
     _report(run, json_out)
 
 

@@ -144,11 +144,6 @@ class Scheduler:
                     self.history.finish(st.run_id, "interrupted", "the agent stopped during "
                                         f"the run ({st.phase}); it runs again at the next start",
                                         {}, now)
-                    if st.phase == "waiting":
-                        self._release_if_held(st)
-
-    def _release_if_held(self, st: _State) -> None:
-        pass  # a waiting run never holds the lease: it is taken only when the run starts
 
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set (the agent's thread)."""
@@ -390,12 +385,15 @@ class Scheduler:
                                                          "missed", "interrupted"))
         states = self.history.states()
         out = []
+        now = self.clock.time()
         with self._lock:
             for name, job in self.jobs.items():
                 st = self._states.get(name)
+                # not started (the CLI reading the schedule): the next cron slot
+                due = st.next.due_at if st is not None else self._slot_after(job, now).due_at
                 out.append(describe_job(job, st.phase if st else "idle",
                                         st.reason if st else "",
-                                        st.next.due_at if st and job.enabled else None,
+                                        due if job.enabled else None,
                                         latest.get(name), finished.get(name), states.get(name)))
         return out
 
