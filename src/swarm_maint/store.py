@@ -191,7 +191,8 @@ MIGRATIONS: list[tuple[str, str]] = [
                                                -- skipped, missed, interrupted
             summary TEXT NOT NULL,
             details TEXT NOT NULL,             -- JSON object
-            holder TEXT NOT NULL               -- host:pid:start of the process running it
+            holder TEXT NOT NULL,              -- host:pid:start of the process running it
+            final INTEGER NOT NULL DEFAULT 1   -- 0: a failed attempt that is retried
         );
         CREATE INDEX job_runs_by_job ON job_runs (job, id);
         CREATE TABLE job_state (

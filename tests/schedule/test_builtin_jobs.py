@@ -54,9 +54,22 @@ def test_overrides_change_and_disable_jobs_and_unknown_names_are_refused() -> No
                                                      health=lambda: None))}  # type: ignore[arg-type,return-value]
     assert jobs["health"].schedule.period == 600 and jobs["health"].retries == 0
     assert not jobs["system-updates"].enabled and jobs["backup:data"].jitter == 60
-    bad = config_from_dict({"schedule": {"jobs": {"backup:nope": {"enabled": False}}}})
-    with pytest.raises(ConfigError, match=r"schedule\.jobs: no job named backup:nope"):
-        build_jobs(JobContext(bad, None, SystemClock()))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"schedule\.jobs\.backup:nope: no such job; the "
+                       r"jobs are health, diagnostics, .*, backup:data"):
+        config_from_dict({"schedule": {"jobs": {"backup:nope": {"enabled": False}}}})
+    # a job of a disabled feature may still be named: the override has nothing to act on
+    off = config_from_dict({"updates": {"enabled": False},
+                            "schedule": {"jobs": {"security-updates": {"enabled": False}}}})
+    names = {j.name for j in build_jobs(JobContext(off, None, SystemClock(),  # type: ignore[arg-type]
+                                                   health=lambda: None))}  # type: ignore[arg-type,return-value]
+    assert "security-updates" not in names
+
+
+def test_the_builtin_job_names_are_the_ones_the_config_knows() -> None:
+    from swarm_maint.config.schedule import BUILTIN_JOBS
+    from swarm_maint.schedule.builtin import DEFAULT_SCHEDULES
+
+    assert set(BUILTIN_JOBS) == set(DEFAULT_SCHEDULES)
 
 
 @pytest.mark.parametrize(("settings", "message"), [
@@ -204,4 +217,18 @@ def test_config_snapshot_and_health_jobs(node: Any) -> None:
     assert sid == snap.details["snapshot"] and "reason:periodic" in obj["tags"]
     assert health.status == "succeeded"
     assert health.summary.startswith("1 OK")
-    assert [r["check"] for r in health.details["results"]] == ["always-ok"]
+    # the history keeps the counts, and the results only of checks that need attention
+    assert health.details == {"counts": {"OK": 1}, "results": []}
+
+
+def test_update_jobs_are_skipped_with_a_reason_when_not_root() -> None:
+    from swarm_maint.schedule.builtin import not_root
+
+    skip = not_root(Config(), euid=1000)
+    assert skip is not None and skip.status == "skipped"
+    assert skip.summary.startswith("package updates need root")
+    assert not_root(Config(), euid=0) is None
+    pip_only = config_from_dict({"updates": {"apt": False}})
+    assert not_root(pip_only, euid=1000) is None  # a user's own environments need no root
+    image = config_from_dict({"updates": {"root": "/srv/image"}})
+    assert not_root(image, euid=1000) is None

@@ -93,3 +93,4 @@ def test_run_refuses_while_another_process_holds_the_lease(node: Any, tmp_path: 
     assert "maintenance lease is held by system-updates (pid " in busy.stderr
     assert health.returncode == 0, health.stderr
     assert cli(path, "run", "backup:data").returncode == 0  # free once the holder died
+

@@ -463,3 +463,72 @@ def test_metrics_describe_runs_backups_and_the_lease(store):
     held = {(sm.name, sm.labels.get("owner")): sm.value for m in coll.collect()
             for sm in m.samples}
     assert held[("swarm_maintenance_lease_held", "x")] == 1
+
+
+def test_a_failed_attempt_that_is_retried_does_not_count_as_the_jobs_result(store):
+    clock = FakeClock(T0 + 3590)
+    rec = Recorder("failed", "succeeded")
+    s = make(store, clock, Job("b", "backup", "", cron("0 * * * *"), rec, jitter=0,
+                               retries=1, retry_backoff=60, catch_up=False,
+                               labels={"backup_job": "b"}))
+    coll = ScheduleCollector(s)
+    s.prepare()
+    step(s, clock, 20)  # the first attempt failed, a retry is due in a minute
+
+    def samples() -> dict[str, float]:
+        return {sm.name: sm.value for m in coll.collect() for sm in m.samples
+                if sm.labels.get("job") == "b" and "last_run_success" in sm.name}
+
+    assert samples() == {}  # no alert for a failure that is still being retried
+    step(s, clock, 60)
+    assert samples() == {"swarm_job_last_run_success": 1.0,
+                         "swarm_backup_last_run_success": 1.0}
+
+
+def test_quiet_time_counts_only_while_a_job_waits_for_it(store):
+    clock = FakeClock(SUNDAY + 3600)
+    util: list[float | None] = [0.0]
+    rec = Recorder()
+    s = window_sched(store, clock, rec, util)
+    s.prepare()
+    s.gate.observe(clock.now - 7 * 86400, 0.0)  # quiet a week ago, nobody watching since
+    step(s, clock, 3600 + 10)  # 02:00:10: due
+    step(s, clock, 60)
+    assert rec.runs == []  # the gate starts counting when the job starts waiting
+    step(s, clock, 900)
+    assert len(rec.runs) == 1
+
+
+def test_a_job_can_ask_to_run_right_after_start(store):
+    clock = FakeClock(T0 + 1000)
+    rec = Recorder()
+    job = Job("security-updates", "updates", "", cron("0 * * * *"), rec, jitter=0,
+              catch_up=False, urgent_at_start=lambda: True)  # an update run is cut off
+    s = make(store, clock, job)
+    s.prepare()
+    step(s, clock, 15)
+    assert [r.trigger for r in rec.runs] == ["recovery"]
+
+
+def test_the_history_keeps_a_bounded_number_of_runs_per_job(store):
+    hist = JobHistory(store)
+    for i in range(12):
+        run_id = hist.start("h", None, "cli", 1, T0 + i, "x")
+        hist.finish(run_id, "succeeded", "", {}, T0 + i)
+    other = hist.start("o", None, "cli", 1, T0, "x")
+    assert hist.prune("h", 5) == 7
+    assert [r.started for r in hist.runs("h")] == [T0 + i for i in range(11, 6, -1)]
+    assert hist.get(other) is not None
+    assert hist.prune("h", 5) == 0
+
+
+def test_asking_twice_says_the_run_is_queued(store):
+    from swarm_maint.schedule.errors import ScheduleError
+
+    clock = FakeClock(T0 + 1000)
+    s = make(store, clock, Job("h", "test", "", cron("0 * * * *"), Recorder(),
+                               catch_up=False))
+    s.prepare()
+    s.request("h")
+    with pytest.raises(ScheduleError, match="job h is already queued"):
+        s.request("h")

@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
 from ..errors import ConfigError
 from .agent import AgentConfig
@@ -44,7 +44,7 @@ from .monitoring import (
     MonitoringConfig,
     NetworkConfig,
 )
-from .schedule import JobOverride, ScheduleConfig, WindowConfig
+from .schedule import BUILTIN_JOBS, JobOverride, ScheduleConfig, WindowConfig
 from .updates import _DRIVER_PACKAGES as _DRIVER_PACKAGES
 from .updates import _KERNEL_PACKAGES as _KERNEL_PACKAGES
 from .updates import _ORIGIN_KEYS as _ORIGIN_KEYS
@@ -98,6 +98,15 @@ class Config(_Section):
                                    description="System and Python package updates.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig,
                                      description="The maintenance schedule (docs/schedule.md).")
+
+    @model_validator(mode="after")
+    def _job_names(self) -> Config:
+        known = [*BUILTIN_JOBS, *(f"backup:{j.name}" for j in self.backup.jobs)]
+        unknown = sorted(set(self.schedule.jobs) - set(known))
+        if unknown:
+            raise ValueError(f"schedule.jobs.{unknown[0]}: no such job; the jobs are "
+                             f"{', '.join(known)}")
+        return self
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

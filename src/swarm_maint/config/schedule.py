@@ -6,8 +6,12 @@ from pydantic import Field, field_validator
 
 from .base import Duration, _Section
 
-__all__ = ["JobOverride", "ScheduleConfig", "WindowConfig", "check_cron_field",
+__all__ = ["BUILTIN_JOBS", "JobOverride", "ScheduleConfig", "WindowConfig", "check_cron_field",
            "check_timezone"]
+
+# the built-in jobs besides one backup:NAME per [[backup.jobs]] (schedule/builtin.py)
+BUILTIN_JOBS = ("health", "diagnostics", "config-snapshot", "backup-verify",
+                "backup-retention", "security-updates", "system-updates")
 
 
 def check_cron_field(v: str) -> str:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -70,7 +72,9 @@ def _summary(results: list[CheckResult]) -> tuple[str, dict[str, Any]]:
     bad = [r for r in results if r.status in ("CRITICAL", "WARNING")]
     if bad:
         text += " (" + "; ".join(f"{r.check}: {r.message}" for r in bad[:3]) + ")"
-    return text, {"results": [r.to_dict() for r in results]}
+    # the history keeps what needs attention; OK results are only counted
+    return text, {"counts": dict(counts),
+                  "results": [r.to_dict() for r in results if r.status != "OK"]}
 
 
 def _health(ctx: JobContext, run: JobRun) -> JobOutcome:
@@ -113,8 +117,21 @@ def _config_snapshot(ctx: JobContext, run: JobRun) -> JobOutcome:
                                           "paths": paths})
 
 
+def not_root(cfg: Config, euid: int | None = None) -> JobOutcome | None:
+    """apt on this system needs root; say so instead of failing every hour."""
+    u = cfg.updates
+    euid = os.geteuid() if euid is None else euid
+    if euid == 0 or not u.apt or u.root or u.pip or not shutil.which("apt-get"):
+        return None
+    return JobOutcome("skipped", "package updates need root: run the agent as root "
+                      "(docs/deploy.md) or set updates.enabled = false")
+
+
 def _security_updates(ctx: JobContext, run: JobRun) -> JobOutcome:
     from ..updates.history import UpdateHistory
+
+    if (skip := not_root(ctx.cfg)) is not None:
+        return skip
 
     hist = UpdateHistory(ctx.store)
     before = max((r.id for r in hist.runs(limit=1)), default=0)
@@ -142,6 +159,8 @@ def _security_updates(ctx: JobContext, run: JobRun) -> JobOutcome:
 def _system_updates(ctx: JobContext, run: JobRun) -> JobOutcome:
     from ..updates.service import UpdateService
 
+    if (skip := not_root(ctx.cfg)) is not None:
+        return skip
     svc = UpdateService(ctx.cfg, ctx.store, clock=ctx.clock, maintenance=ctx.maintenance,
                         config_file=ctx.config_file)
     if svc.history.has_unfinished():
@@ -161,6 +180,12 @@ def _system_updates(ctx: JobContext, run: JobRun) -> JobOutcome:
     if rec.status == "failed":
         return JobOutcome("failed", f"{text}: {rec.error}", {"run": rec.id})
     return JobOutcome("succeeded", text, {"run": rec.id, "packages": len(selected)})
+
+
+def _update_run_unfinished(ctx: JobContext) -> bool:
+    from ..updates.history import UpdateHistory
+
+    return UpdateHistory(ctx.store).has_unfinished()
 
 
 def build_jobs(ctx: JobContext) -> list[Job]:
@@ -208,17 +233,13 @@ def build_jobs(ctx: JobContext) -> list[Job]:
                          "forget and prune snapshots by each job's keep policy",
                          DEFAULT_SCHEDULES["backup-retention"], lambda r: retention(cfg, r)))
     if cfg.updates.enabled:
-        jobs.append(make("security-updates", "updates",
-                         "apply non-disruptive security patches",
-                         DEFAULT_SCHEDULES["security-updates"],
-                         lambda r: _security_updates(ctx, r)))
+        sec = make("security-updates", "updates", "apply non-disruptive security patches",
+                   DEFAULT_SCHEDULES["security-updates"], lambda r: _security_updates(ctx, r))
+        sec.urgent_at_start = lambda: _update_run_unfinished(ctx)
+        jobs.append(sec)
         jobs.append(make("system-updates", "updates", "weekly system update runbook",
                          DEFAULT_SCHEDULES["system-updates"],
                          lambda r: _system_updates(ctx, r), window=True))
-    unknown = sorted(set(sc.jobs) - {j.name for j in jobs})
-    if unknown:
-        raise ConfigError(f"schedule.jobs: no job named {', '.join(unknown)}; the jobs are "
-                          f"{', '.join(j.name for j in jobs)}")
     return jobs
 
 

@@ -78,11 +78,14 @@ class JobHistory:
                          (status, summary, started, run_id))
 
     def finish(self, run_id: int, status: str, summary: str, details: dict[str, Any],
-               now: float) -> JobRunRecord:
+               now: float, *, final: bool = True) -> JobRunRecord:
+        """``final`` False: a failed attempt that will be retried (alerts wait for the
+        last attempt)."""
         with self.store.transaction() as conn:
-            conn.execute("UPDATE job_runs SET status = ?, summary = ?, details = ?, ended = ?"
-                         " WHERE id = ?", (status, summary, json.dumps(details, default=str),
-                                           now, run_id))
+            conn.execute("UPDATE job_runs SET status = ?, summary = ?, details = ?, ended = ?,"
+                         " final = ? WHERE id = ?",
+                         (status, summary, json.dumps(details, default=str), now, int(final),
+                          run_id))
             row = conn.execute(f"SELECT {_COLUMNS} FROM job_runs WHERE id = ?",
                                (run_id,)).fetchone()
         return _record(row)
@@ -107,12 +110,22 @@ class JobHistory:
                                 " (SELECT MAX(id) FROM job_runs GROUP BY job)")
         return {r[1]: _record(r) for r in rows}
 
-    def latest_finished_per_job(self, statuses: tuple[str, ...]) -> dict[str, JobRunRecord]:
+    def latest_finished_per_job(self, statuses: tuple[str, ...],
+                                final_only: bool = False) -> dict[str, JobRunRecord]:
         marks = ", ".join("?" * len(statuses))
+        final = " AND final = 1" if final_only else ""
         rows = self.store.query(
             f"SELECT {_COLUMNS} FROM job_runs WHERE id IN (SELECT MAX(id) FROM job_runs"
-            f" WHERE status IN ({marks}) GROUP BY job)", statuses)
+            f" WHERE status IN ({marks}){final} GROUP BY job)", statuses)
         return {r[1]: _record(r) for r in rows}
+
+    def prune(self, job: str, keep: int) -> int:
+        """Forget all but the newest ``keep`` runs of ``job``; how many were deleted."""
+        with self.store.transaction() as conn:
+            cur = conn.execute("DELETE FROM job_runs WHERE job = ? AND id < COALESCE((SELECT id"
+                               " FROM job_runs WHERE job = ? ORDER BY id DESC LIMIT 1"
+                               " OFFSET ?), -1)", (job, job, keep - 1))
+            return cur.rowcount
 
     def counts(self) -> dict[tuple[str, str], int]:
         """(job, status) → number of runs, for the runs_total counter."""

@@ -47,3 +47,6 @@ class Job:
     catch_up: bool = True            # a slot missed while the agent was down runs once
     labels: dict[str, str] = field(default_factory=dict)  # e.g. {"backup_job": "models"}
     max_age: float | None = None     # how old the last success may get (backup jobs)
+    # asked at agent start: True runs the job right after the start delay (an update run
+    # cut off by a reboot must be finished at once, not at the next slot)
+    urgent_at_start: Callable[[], bool] | None = None

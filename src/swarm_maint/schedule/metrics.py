@@ -52,7 +52,7 @@ class ScheduleCollector:
             cache = self._cache
         if cache is None or now - cache[0] > _TTL:
             h = self.scheduler.history
-            cache = (now, h.latest_finished_per_job(("succeeded", "failed")),
+            cache = (now, h.latest_finished_per_job(("succeeded", "failed"), final_only=True),
                      h.latest_finished_per_job(("succeeded", "failed", "skipped", "missed")),
                      h.states(), h.counts())
             with self._lock:
@@ -65,7 +65,8 @@ class ScheduleCollector:
         due = self.scheduler.next_due()
         lab = ["job", "kind"]
         success = GaugeMetricFamily("swarm_job_last_run_success", "1 when the job's last "
-                                    "run succeeded, 0 when it failed.", labels=lab)
+                                    "run succeeded, 0 when it failed (after its retries).",
+                                    labels=lab)
         last = GaugeMetricFamily("swarm_job_last_run_timestamp_seconds",
                                  "When the job's last run ended.", labels=lab)
         good = GaugeMetricFamily("swarm_job_last_success_timestamp_seconds",

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _POLL_WAITING = 5.0     # how often waiting jobs look at the window, the GPUs and the lease
 _MAX_SLEEP = 60.0
+KEEP_RUNS = 1000        # runs kept per job in the history (an hourly job: about six weeks)
 
 
 @dataclass
@@ -124,6 +125,8 @@ class Scheduler:
                 if (last is not None and last.status == "interrupted" and last.slot is not None
                         and (st.done_slot is None or last.slot > st.done_slot)):
                     nxt = _Slot(last.slot, now + self.start_delay, "recovery")
+                elif job.urgent_at_start is not None and job.urgent_at_start():
+                    nxt = _Slot(prev, now + self.start_delay, "recovery")
                 elif job.catch_up and (st.done_slot is None or st.done_slot < prev):
                     spread = self._share(job, prev) * min(job.jitter, self.start_delay)
                     nxt = _Slot(prev, now + self.start_delay + spread, "catch-up")
@@ -135,7 +138,10 @@ class Scheduler:
     def close(self) -> None:
         """The agent is stopping: runs still going are recorded as interrupted (a run that
         still finishes before the process exits records its real result)."""
-        self.stop_event.set()
+        with self._lock:
+            if self.stop_event.is_set():
+                return  # closed already (the thread and the agent both close)
+            self.stop_event.set()
         self._wake.set()
         now = self.clock.time()
         with self._lock:
@@ -173,6 +179,8 @@ class Scheduler:
             states = list(self._states.values())
             if any(st.phase == "waiting" and st.job.window for st in states):
                 self.gate.observe(now, self.utilization())
+            else:  # quiet time only counts while a job watches for it
+                self.gate.reset()
             wait = _MAX_SLEEP
             for st in states:
                 if st.phase == "idle" and now >= st.next.due_at and (
@@ -266,12 +274,14 @@ class Scheduler:
         job, cur = st.job, st.current
         assert cur is not None and st.run_id is not None
         with self._lock:
+            retry = (outcome.status == "failed" and cur.attempt <= job.retries
+                     and not self.stop_event.is_set())
             rec = self.history.finish(st.run_id, outcome.status, outcome.summary,
-                                      outcome.details, now)
+                                      outcome.details, now, final=not retry)
+            self.history.prune(job.name, KEEP_RUNS)
             level = logging.INFO if outcome.status != "failed" else logging.WARNING
             log.log(level, "job %s %s: %s", job.name, outcome.status, outcome.summary)
-            if (outcome.status == "failed" and cur.attempt <= job.retries
-                    and not self.stop_event.is_set()):
+            if retry:
                 delay = job.retry_backoff * 2 ** (cur.attempt - 1)
                 st.next = _Slot(cur.slot, now + delay, "retry" if cur.slot is not None
                                 else cur.trigger, cur.attempt + 1)
@@ -325,7 +335,8 @@ class Scheduler:
         with self._lock:
             st = self._state(name)
             if st.phase != "idle" or st.saved is not None:
-                raise ScheduleError(f"job {name} is already {st.phase}; see "
+                doing = "queued" if st.phase == "idle" else st.phase
+                raise ScheduleError(f"job {name} is already {doing}; see "
                                     "`swarm-maint jobs list`")
             st.saved = st.next
             st.next = _Slot(None, self.clock.time(), trigger)
@@ -354,7 +365,10 @@ class Scheduler:
                 outcome = job.action(JobRun(name, trigger, 1, self.stop_event))
             except SwarmMaintError as exc:
                 outcome = JobOutcome("failed", str(exc))
-            except BaseException as exc:
+            except Exception as exc:
+                log.exception("job %s failed unexpectedly", name)
+                outcome = JobOutcome("failed", f"internal error: {exc!r}")
+            except BaseException as exc:  # Ctrl-C
                 self.history.finish(run_id, "interrupted", f"stopped: {exc!r}", {},
                                     self.clock.time())
                 raise

@@ -77,6 +77,10 @@ class UsageGate:
         elif self.low_since is None:
             self.low_since = now
 
+    def reset(self) -> None:
+        self.low_since = None
+        self.last = None
+
     def satisfied(self, now: float) -> bool:
         return self.low_since is not None and now - self.low_since >= self.hold
 
