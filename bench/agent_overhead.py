@@ -445,6 +445,9 @@ def section(env: dict[str, str], args: argparse.Namespace, agent: Result, peer: 
         f"{args.warmup:g} s warm-up, one after the other (alternating which goes first), "
         "on one keep-alive connection each, `Accept-Encoding: identity`; "
         f"agent collection interval {args.interval:g} s.",
+        "- Agent: embedded defaults with every collector, the health runner, alerts, and the "
+        "updates and schedule collectors on; the scheduled jobs themselves and apt are "
+        "switched off (they are not per-second cost, and must not touch this machine).",
         "",
         "```",
         args.command,

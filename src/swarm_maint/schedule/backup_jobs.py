@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backup.errors import RepositoryNotFoundError
-from ..backup.repository import Repository
 from ..config import BackupJobConfig, Config
 from ..errors import ConfigError
 from .job import JobOutcome, JobRun
+
+if TYPE_CHECKING:  # the backup engine (crypto, compression) loads when a job first runs
+    from ..backup.repository import Repository
 
 __all__ = ["backup_job", "job_tag", "open_job_repo", "repositories", "retention", "verify_all"]
 
@@ -51,6 +53,7 @@ def _password(cfg: Config, job: BackupJobConfig) -> str:
 
 
 def open_job_repo(cfg: Config, job: BackupJobConfig) -> Repository:
+    from ..backup.repository import Repository
     from ..backup.storage import open_storage
 
     url = job.repo or str(_default_location(cfg, job))
