@@ -275,6 +275,50 @@ def test_reboot_is_detected_taken_and_resumed_after_boot(tmp_path: Path,
     assert restart[-1]["detail"].startswith("rebooted")
 
 
+def test_a_reboot_left_by_a_security_patch_is_taken_by_the_weekly_job(
+        tmp_path: Path, repos: tuple[str, str]) -> None:
+    import threading
+
+    from swarm_maint.clock import SystemClock
+    from swarm_maint.schedule.builtin import JobContext, build_jobs
+    from swarm_maint.schedule.job import JobRun
+
+    env = node(tmp_path, repos)
+    only(env, "rebooter")
+    svc, store = env.service()
+    try:
+        # the agent's immediate patches may not reboot: the request is left pending
+        patch = svc.apply(svc.plan("routine"), "routine", trigger="agent", may_reboot=False)
+        assert patch.status == "succeeded" and env.commands() == []
+        assert "left for the next maintenance window" in next(
+            s.detail for s in patch.steps if s.step == "restart")
+        assert svc.pending_reboot() == ["rebooter"]
+        jobs = {j.name: j for j in build_jobs(JobContext(env.config(), store, SystemClock(),
+                                                         config_file=env.config_path))}
+        weekly = jobs["system-updates"]
+
+        def run() -> str:
+            out = weekly.action(JobRun("system-updates", "schedule", 1, threading.Event()))
+            assert out.status == "succeeded", out.summary
+            return out.summary
+
+        assert "reboot asked for by rebooter" in run()
+        assert [c.split()[0] for c in env.commands()] == ["drain", "reboot"]
+        assert svc.history.runs(1)[0].status == "awaiting-reboot"
+        # the node comes back: a new boot id, /run emptied
+        (tmp_path / "boot_id").write_text("boot-2\n")
+        for f in ("reboot-required", "reboot-required.pkgs"):
+            (env.root / "run" / f).unlink()
+        assert run().startswith("nothing to update")  # it resumed the run first
+        last = svc.history.runs(1)[0]
+    finally:
+        store.close()
+    assert last.status == "succeeded" and last.items == []
+    assert [c.split()[0] for c in env.commands()] == ["drain", "reboot", "undrain"]
+    steps = {s.step: (s.status, s.detail) for s in last.steps}
+    assert steps["apply"][0] == "skipped" and steps["restart"][1].startswith("rebooted")
+
+
 def test_reboot_never_leaves_it_to_a_person(tmp_path: Path, repos: tuple[str, str]) -> None:
     env = node(tmp_path, repos, reboot="never")
     only(env, "rebooter")

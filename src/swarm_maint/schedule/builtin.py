@@ -10,6 +10,7 @@
 | backup-retention  | daily 04:30      | yes   | no     | forget + prune by keep policy       |
 | security-updates  | hourly           | yes   | no     | non-disruptive security patches     |
 | system-updates    | Sunday 02:00     | yes   | yes    | the weekly routine update runbook   |
+|                   |                  |       |        | (and a reboot patches left pending) |
 """
 
 from __future__ import annotations
@@ -170,10 +171,19 @@ def _system_updates(ctx: JobContext, run: JobRun) -> JobOutcome:
                               f"{resumed.error}", {"run": resumed.id})
     items = svc.plan("routine")
     selected = [i for i in items if i.selected]
+    # a reboot a security patch asked for (and the agent did not take) is taken here,
+    # in the window, drained and gated like any disruptive update
+    pending = svc.pending_reboot() if ctx.cfg.updates.reboot == "auto" else []
+    if not selected and pending:
+        rec = svc.take_pending_reboot()
+        text = f"update run {rec.id} {rec.status}: reboot asked for by {', '.join(pending)}"
+        if rec.status == "failed":
+            return JobOutcome("failed", f"{text}: {rec.error}", {"run": rec.id})
+        return JobOutcome("succeeded", text, {"run": rec.id, "reboot_for": pending})
     if not selected:
         return JobOutcome("succeeded", f"nothing to update ({len(items)} offered, none "
                           "selected)", {"offered": len(items)})
-    rec = svc.apply(items, "routine", trigger="schedule")
+    rec = svc.apply(items, "routine", trigger="schedule", take_pending_reboot=bool(pending))
     text = (f"update run {rec.id} {rec.status}: "
             + ", ".join(f"{i.name} {i.candidate}" for i in selected[:5])
             + (f" and {len(selected) - 5} more" if len(selected) > 5 else ""))

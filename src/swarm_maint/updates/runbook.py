@@ -84,7 +84,8 @@ class Runbook:
     # -- entry points -----------------------------------------------------------------------
 
     def start(self, items: list[PlanItem], mode: Mode, trigger: str, *,
-              may_reboot: bool = True, extra_state: dict[str, str] | None = None) -> RunRecord:
+              may_reboot: bool = True,
+              extra_state: dict[str, object] | None = None) -> RunRecord:
         """Record a new run of the selected ``items`` and execute it.
 
         ``may_reboot`` False (the agent's immediate security patches) leaves a reboot that
@@ -241,6 +242,8 @@ class Runbook:
         return "; ".join(notes)
 
     def _apply(self, run: RunRecord) -> tuple[str, str]:
+        if not run.items:
+            return "skipped", "nothing to install: this run takes a pending reboot"
         done = []
         for label in self._labels(run):
             versions = {i.name: i.candidate for i in run.items if i.manager == label}
@@ -254,11 +257,20 @@ class Runbook:
 
     def _restart(self, run: RunRecord) -> tuple[str, str]:
         cfg = self.ctx.cfg
-        before = set(run.state.get("reboot_before", []))
+        # a run that takes a pending reboot (one an earlier security patch left) counts
+        # the requests it found at the start too
+        before = (set() if run.state.get("take_pending_reboot")
+                  else set(run.state.get("reboot_before", [])))
         asked = [p for p in self._reboot_requests(run) if p not in before]
         predicted = sorted(i.name for i in run.items if i.disruption == "reboot")
         needed = ", ".join(asked or predicted)
         notes = []
+        old = run.state.get("reboot_boot_id")
+        if old is not None and not self._offline:
+            # back after the reboot this run took (/run, and with it the request, is gone)
+            boot = _boot_id(cfg.boot_id_file)
+            if boot != old:
+                return "done", f"rebooted (boot id {old[:8]} → {boot[:8]})"
         if needed and self._offline:
             return "done", f"reboot needed by {needed} inside the alternate root; this " \
                            "host is not rebooted"
@@ -270,9 +282,6 @@ class Runbook:
             notes.append(f"reboot needed by {needed}; not rebooting (updates.reboot = never)")
         elif needed:
             boot = _boot_id(cfg.boot_id_file)
-            old = run.state.get("reboot_boot_id")
-            if old is not None and boot != old:
-                return "done", f"rebooted (boot id {old[:8]} → {boot[:8]})"
             if not run.state.get("drained"):
                 # a reboot nobody predicted: workloads leave first all the same
                 notes.append(self._take_out_of_service(run, "reboot required"))
@@ -380,7 +389,9 @@ class Runbook:
         return units_of(target.manager, item.name) if target is not None else []
 
     def _reboot_requests(self, run: RunRecord) -> list[str]:
-        return sorted({p for label in self._labels(run)
+        labels = (list(self._targets) if run.state.get("take_pending_reboot")
+                  else self._labels(run))
+        return sorted({p for label in labels
                        for p in self._targets[label].manager.reboot_required()})
 
     def _end_window(self, run: RunRecord, notes: list[str]) -> None:

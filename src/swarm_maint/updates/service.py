@@ -91,14 +91,29 @@ class UpdateService:
         return self.cfg.agent.resolved_state_dir() / "updates.lock"
 
     def apply(self, items: list[PlanItem], mode: Mode, *, trigger: str = "cli",
-              may_reboot: bool = True) -> RunRecord:
-        """Run the runbook for the selected ``items`` (skipped ones are ignored)."""
+              may_reboot: bool = True, take_pending_reboot: bool = False) -> RunRecord:
+        """Run the runbook for the selected ``items`` (skipped ones are ignored).
+        ``take_pending_reboot``: also reboot for requests made before this run."""
         selected = [i for i in items if i.selected]
         if not selected:
             raise UpdateError("nothing selected to update")
         root = str(self.root) if self.root is not None else ""
         return self._runbook().start(selected, mode, trigger, may_reboot=may_reboot,
-                                     extra_state={"root": root})
+                                     extra_state={"root": root,
+                                                  "take_pending_reboot": take_pending_reboot})
+
+    def pending_reboot(self) -> list[str]:
+        """Packages of this node that asked for a reboot nobody took yet (a security patch
+        applied without one); empty for an image root."""
+        if self.root is not None and not self.cfg.updates.root_is_live:
+            return []
+        return sorted({p for t in self.targets for p in t.manager.reboot_required()})
+
+    def take_pending_reboot(self, *, trigger: str = "schedule") -> RunRecord:
+        """A run with nothing to install that drains, reboots, gates and undrains."""
+        root = str(self.root) if self.root is not None else ""
+        return self._runbook().start([], "routine", trigger,
+                                     extra_state={"root": root, "take_pending_reboot": True})
 
     def resume(self) -> RunRecord | None:
         return self._runbook().resume()
