@@ -99,6 +99,11 @@ def test_agent_runs_the_schedule_and_recovers_a_killed_backup(tmp_path: Path) ->
         assert 'swarm_backup_last_run_success{job="data"} 1.0' in metrics
         status = httpx.get(f"{again.url}/api/v1/status", timeout=5).json()
         assert {j["name"] for j in status["jobs"]} >= {"backup:data", "health"}
+        human = subprocess.run([sys.executable, "-m", "swarm_maint.cli.main", "status",
+                                "--url", again.url], capture_output=True, text=True,
+                               timeout=60, env={**os.environ, "COLUMNS": "200"})
+        assert human.returncode == 0, human.stderr
+        assert "maintenance jobs" in human.stdout and "backup:data" in human.stdout
         # run-now through the API needs the token
         assert httpx.post(f"{again.url}/api/v1/jobs/health/run", timeout=5).status_code == 401
         token = (tmp_path / "state" / "api-token").read_text().strip()

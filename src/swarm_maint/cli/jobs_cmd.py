@@ -73,7 +73,8 @@ def _took(seconds: float | None) -> str:
 
 
 def _status(s: str) -> str:
-    return f"[{_STYLE.get(s, '')}]{s}[/]"
+    style = _STYLE.get(s)
+    return f"[{style}]{s}[/]" if style else s
 
 
 def _from_agent(config: Path | None, url: str | None) -> list[dict[str, Any]] | None:

@@ -134,7 +134,8 @@ def render(data: dict[str, Any], console: Console) -> None:
                   "interrupted": "magenta"}
         for j in jobs:
             last = j.get("last_status") or "-"
-            t.add_row(j["name"], j["state"], f"[{result_colour.get(last, '')}]{last}[/]",
+            shade = result_colour.get(last)
+            t.add_row(j["name"], j["state"], f"[{shade}]{last}[/]" if shade else last,
                       _time(j.get("next_run")), j.get("summary") or "")
         console.print(t)
 
