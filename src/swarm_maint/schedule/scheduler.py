@@ -106,6 +106,12 @@ class Scheduler:
     def prepare(self) -> list[JobRunRecord]:
         """Close runs cut off by a dead process and plan every job's first slot; the
         runs found cut off."""
+        with self._lock:  # once: the scheduler thread and an early API request may race
+            if self._states:
+                return []
+            return self._prepare()
+
+    def _prepare(self) -> list[JobRunRecord]:
         now = self.clock.time()
         cut_off = []
         for rec in self.history.unfinished():
@@ -117,22 +123,21 @@ class Scheduler:
             log.warning("job %s: run %d was cut off (%s); it runs again", rec.job, rec.id,
                         rec.status)
         latest = self.history.latest_per_job()
-        with self._lock:
-            for job in self.jobs.values():
-                st = self.history.state(job.name, now)
-                prev = job.schedule.prev_at_or_before(now)
-                last = latest.get(job.name)
-                if (last is not None and last.status == "interrupted" and last.slot is not None
-                        and (st.done_slot is None or last.slot > st.done_slot)):
-                    nxt = _Slot(last.slot, now + self.start_delay, "recovery")
-                elif job.urgent_at_start is not None and job.urgent_at_start():
-                    nxt = _Slot(prev, now + self.start_delay, "recovery")
-                elif job.catch_up and (st.done_slot is None or st.done_slot < prev):
-                    spread = self._share(job, prev) * min(job.jitter, self.start_delay)
-                    nxt = _Slot(prev, now + self.start_delay + spread, "catch-up")
-                else:
-                    nxt = self._slot_after(job, now)
-                self._states[job.name] = _State(job, nxt)
+        for job in self.jobs.values():
+            st = self.history.state(job.name, now)
+            prev = job.schedule.prev_at_or_before(now)
+            last = latest.get(job.name)
+            if (last is not None and last.status == "interrupted" and last.slot is not None
+                    and (st.done_slot is None or last.slot > st.done_slot)):
+                nxt = _Slot(last.slot, now + self.start_delay, "recovery")
+            elif job.urgent_at_start is not None and job.urgent_at_start():
+                nxt = _Slot(prev, now + self.start_delay, "recovery")
+            elif job.catch_up and (st.done_slot is None or st.done_slot < prev):
+                spread = self._share(job, prev) * min(job.jitter, self.start_delay)
+                nxt = _Slot(prev, now + self.start_delay + spread, "catch-up")
+            else:
+                nxt = self._slot_after(job, now)
+            self._states[job.name] = _State(job, nxt)
         return cut_off
 
     def close(self) -> None:
