@@ -152,3 +152,24 @@ def test_cli_config_show_round_trips(tmp_path: Path) -> None:
     custom = write(tmp_path, "[monitoring]\ninterval = '90s'\n")
     r = run_cli("config", "show", "--config", str(custom))
     assert 'interval = "1m30s"' in r.stdout
+
+
+def test_every_command_takes_config_as_the_contract_says() -> None:
+    """ARCHITECTURE.md: every command takes --config FILE (and --json where it prints
+    data). The two that check a file they are given are the exceptions."""
+    import typer
+
+    from swarm_maint.cli.main import app
+
+    def walk(cmd: object, path: list[str]) -> list[tuple[str, set[str]]]:
+        subs = getattr(cmd, "commands", None)
+        if subs:
+            return [row for name, sub in subs.items() for row in walk(sub, [*path, name])]
+        opts = {o for p in cmd.params for o in getattr(p, "opts", [])}  # type: ignore[attr-defined]
+        return [(" ".join(path), opts)]
+
+    commands = walk(typer.main.get_command(app), [])
+    assert len(commands) > 40
+    missing = [name for name, opts in commands if "--config" not in opts
+               and name not in {"config check", "alerts rules check"}]
+    assert missing == []

@@ -85,12 +85,26 @@ def test_run_refuses_while_another_process_holds_the_lease(node: Any, tmp_path: 
         busy = cli(path, "run", "backup:data")
         # health takes no lease: it runs beside the holder
         health = cli(path, "run", "health", "--json")
+        # an ad-hoc `backup run` takes the lease too, unless told not to
+        env = {**os.environ, "SWARM_MAINT_PASSWORD": "pw"}
+        env.pop("SWARM_MAINT_CONFIG", None)
+        repo = str(tmp_path / "adhoc")
+
+        def backup(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*CLI, "backup", *args, "--config", str(path)], env=env,
+                                  capture_output=True, text=True, timeout=120)
+
+        assert backup("init", "--repo", repo).returncode == 0
+        adhoc_busy = backup("run", "--repo", repo, str(tmp_path / "data"))
+        adhoc_free = backup("run", "--repo", repo, "--no-lease", str(tmp_path / "data"))
     finally:
         holder.kill()
         holder.wait()
         holder.stdout.close()  # type: ignore[union-attr]
     assert busy.returncode == 31
     assert "maintenance lease is held by system-updates (pid " in busy.stderr
+    assert adhoc_busy.returncode == 31, adhoc_busy.stderr
+    assert adhoc_free.returncode == 0, adhoc_free.stderr
     assert health.returncode == 0, health.stderr
     assert cli(path, "run", "backup:data").returncode == 0  # free once the holder died
 

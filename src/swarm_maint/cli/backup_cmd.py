@@ -81,6 +81,23 @@ def _locked(repo: Any, exclusive: bool) -> Iterator[None]:
         lock.release()
 
 
+@contextlib.contextmanager
+def _maintenance_lease(cfg: Any, owner: str, *, skip: bool) -> Iterator[None]:
+    if skip:
+        yield
+        return
+    from ..clock import SystemClock
+    from ..schedule.lease import Lease
+    from ..store import Store
+
+    store = Store(cfg.agent.resolved_state_dir() / "state.db")
+    try:
+        with Lease(store, SystemClock(), cfg.schedule.lease_ttl).hold(owner):
+            yield
+    finally:
+        store.close()
+
+
 class _Bar:
     """Rich progress with bytes/s and ETA on a terminal; silent otherwise."""
 
@@ -126,8 +143,9 @@ def _when(ts: float) -> str:
 
 @app.command("init")
 def init(repo: RepoOption, password_file: PasswordFileOption = None,
-         json_out: JsonOption = False) -> None:
+         json_out: JsonOption = False, config: ConfigOption = None) -> None:
     """Create a new, empty, encrypted repository."""
+    effective_config(config)  # a bad --config is an error here too
     from ..backup.repository import Repository
     from ..backup.storage import open_storage
 
@@ -147,11 +165,17 @@ def run(
                        typer.Option("--exclude", help="Glob of paths to leave out.")] = None,
     one_file_system: Annotated[bool, typer.Option(
         "--one-file-system", help="Do not cross into other filesystems.")] = False,
+    no_lease: Annotated[bool, typer.Option(
+        "--no-lease", help="Do not take the node's maintenance lease (a backup of other "
+        "data while a scheduled job runs).")] = False,
     password_file: PasswordFileOption = None,
     config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Back up PATHs as a new snapshot (incremental: unchanged data is not stored again)."""
+    """Back up PATHs as a new snapshot (incremental: unchanged data is not stored again).
+
+    Takes the node's maintenance lease like the scheduled jobs (exit 31 while an update,
+    a scheduled backup or an active diagnostic holds it), unless --no-lease."""
     from ..backup.backup import run_backup
     from ..backup.files_cache import FilesCache
     from ..backup.memory import limit_heap_growth
@@ -163,7 +187,8 @@ def run(
     if missing:
         raise UsageError(f"no such file or directory: {', '.join(missing)}")
     cache_path = cfg.agent.resolved_state_dir() / "cache" / r.id[:32] / "files.db"
-    with _locked(r, exclusive=False):
+    with _maintenance_lease(cfg, "cli: backup run", skip=no_lease), \
+            _locked(r, exclusive=False):
         r.recover_unindexed_packs()
         cache = FilesCache(cache_path)
         try:
@@ -191,8 +216,9 @@ def run(
 
 @app.command("snapshots")
 def snapshots(repo: RepoOption, password_file: PasswordFileOption = None,
-              json_out: JsonOption = False) -> None:
+              json_out: JsonOption = False, config: ConfigOption = None) -> None:
     """List the snapshots, oldest first."""
+    effective_config(config)  # a bad --config is an error here too
     from ..backup.snapshots import list_snapshots
 
     r = _open(repo, password_file)
@@ -215,8 +241,9 @@ def snapshots(repo: RepoOption, password_file: PasswordFileOption = None,
 @app.command("ls")
 def ls(snapshot: Annotated[str, typer.Argument(help="Snapshot id, prefix or 'latest'.")],
        repo: RepoOption, password_file: PasswordFileOption = None,
-       json_out: JsonOption = False) -> None:
+       json_out: JsonOption = False, config: ConfigOption = None) -> None:
     """List the files of a snapshot."""
+    effective_config(config)  # a bad --config is an error here too
     from ..backup.snapshots import list_files
 
     r = _open(repo, password_file)
@@ -239,8 +266,10 @@ def restore(
                        typer.Option("--include", help="Restore only matching paths.")] = None,
     password_file: PasswordFileOption = None,
     json_out: JsonOption = False,
+    config: ConfigOption = None,
 ) -> None:
     """Restore a snapshot into TARGET, verifying every chunk."""
+    effective_config(config)  # a bad --config is an error here too
     from ..backup.restore import restore as do_restore
     from ..backup.snapshots import find_snapshot
 
@@ -265,8 +294,9 @@ def restore(
 
 @app.command("diff")
 def diff(a: str, b: str, repo: RepoOption, password_file: PasswordFileOption = None,
-         json_out: JsonOption = False) -> None:
+         json_out: JsonOption = False, config: ConfigOption = None) -> None:
     """What changed from snapshot A to snapshot B (+ added, - removed, M modified)."""
+    effective_config(config)  # a bad --config is an error here too
     from ..backup.snapshots import diff_snapshots
 
     r = _open(repo, password_file)
@@ -287,8 +317,10 @@ def verify(
         "--read-data-subset", help="Read this percentage of the packs (0-100].")] = None,
     password_file: PasswordFileOption = None,
     json_out: JsonOption = False,
+    config: ConfigOption = None,
 ) -> None:
     """Check structure and index; with --read-data also every byte. Non-zero when damaged."""
+    effective_config(config)  # a bad --config is an error here too
     from ..backup.verify import verify as do_verify
 
     if read_data_subset is not None and not 0 < read_data_subset <= 100:
@@ -321,8 +353,10 @@ def forget(
     dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
     password_file: PasswordFileOption = None,
     json_out: JsonOption = False,
+    config: ConfigOption = None,
 ) -> None:
     """Remove snapshots outside the keep policy; --prune also frees their space."""
+    effective_config(config)  # a bad --config is an error here too
     from ..backup.prune import prune as do_prune
     from ..backup.retention import forget as do_forget
 
@@ -346,8 +380,10 @@ def forget(
 
 @app.command("prune")
 def prune(repo: RepoOption, dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
-          password_file: PasswordFileOption = None, json_out: JsonOption = False) -> None:
+          password_file: PasswordFileOption = None, json_out: JsonOption = False,
+          config: ConfigOption = None) -> None:
     """Delete data no snapshot uses; repack packs that are mostly garbage."""
+    effective_config(config)  # a bad --config is an error here too
     from ..backup.prune import prune as do_prune
 
     r = _open(repo, password_file)
@@ -361,8 +397,10 @@ def prune(repo: RepoOption, dry_run: Annotated[bool, typer.Option("--dry-run")] 
 
 @app.command("unlock")
 def unlock(repo: RepoOption, remove_all: Annotated[bool, typer.Option(
-    "--remove-all", help="Also remove locks that look alive.")] = False) -> None:
+    "--remove-all", help="Also remove locks that look alive.")] = False,
+           config: ConfigOption = None) -> None:
     """Remove stale locks (dead process on this host, or expired)."""
+    effective_config(config)  # a bad --config is an error here too
     from ..backup.locks import remove_all_locks, remove_stale_locks
     from ..backup.storage import open_storage
 
@@ -374,8 +412,9 @@ def unlock(repo: RepoOption, remove_all: Annotated[bool, typer.Option(
 @key_app.command("add")
 def key_add(repo: RepoOption, new_password_file: Annotated[Path, typer.Option(
     "--new-password-file", help="File holding the new password.", dir_okay=False)],
-            password_file: PasswordFileOption = None) -> None:
+            password_file: PasswordFileOption = None, config: ConfigOption = None) -> None:
     """Let another password open the repository."""
+    effective_config(config)  # a bad --config is an error here too
     r = _open(repo, password_file)
     name = r.add_password(read_password(new_password_file))
     typer.echo(f"added {name}")

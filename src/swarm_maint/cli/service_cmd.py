@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .common import ConfigOption, JsonOption, print_json
+from .common import ConfigOption, JsonOption, effective_config, print_json
 
 app = typer.Typer(help="The systemd unit that runs the agent at boot (guide: docs/deploy.md).",
                   no_args_is_help=True)
@@ -83,11 +83,15 @@ def uninstall(
     user: UserOption = False,
     unit_dir: UnitDirOption = None,
     systemctl: SystemctlOption = Path("systemctl"),
+    config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Stop and disable the agent's unit, remove the file, reload systemd (state is kept)."""
+    """Stop and disable the agent's unit, remove the file, reload systemd (state is kept).
+    ``--config`` is accepted like everywhere and only validated."""
     from .. import deploy
 
+    if config is not None:
+        effective_config(config)
     result = deploy.uninstall(_unit_dir(unit_dir, user), systemctl=[str(systemctl)], user=user)
     if json_out:
         print_json(result.to_json())
