@@ -187,7 +187,8 @@ class Agent:
             health=runner if health is not None else None,
             idle=lambda: gpus_idle(frame()),
             maintenance=self.alerts.maintenance if self.alerts is not None else None,
-            security_check=self.updates.check_once if self.updates is not None else None)
+            security_check=self.updates.check_once if self.updates is not None else None,
+            isolate_backups=True)
         return build_scheduler(ctx, utilization=lambda: gpu_utilization(frame()))
 
     def stop(self) -> None:

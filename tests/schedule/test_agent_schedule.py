@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import tomli_w
 
@@ -72,8 +73,14 @@ def test_agent_runs_the_schedule_and_recovers_a_killed_backup(tmp_path: Path) ->
             if r["status"] == "running" and r["started"] > moved])
         time.sleep(1.0)
         assert jobs(agent.url)["backup:data"]["state"] == "running"
+        # the backup runs in a child process of the agent, which dies with it
+        child = [p for p in psutil.Process(agent.proc.pid).children()
+                 if "swarm_maint.schedule.child" in " ".join(p.cmdline())]
+        assert len(child) == 1
         agent.proc.send_signal(signal.SIGKILL)
         agent.proc.wait(timeout=10)
+        psutil.wait_procs(child, timeout=10)
+        assert not child[0].is_running(), "the backup child outlived the killed agent"
     finally:
         if agent.proc.poll() is None:
             agent.proc.kill()

@@ -232,3 +232,71 @@ def test_update_jobs_are_skipped_with_a_reason_when_not_root() -> None:
     assert not_root(pip_only, euid=1000) is None  # a user's own environments need no root
     image = config_from_dict({"updates": {"root": "/srv/image"}})
     assert not_root(image, euid=1000) is None
+
+
+def _children() -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process().children(recursive=True)
+            if "swarm_maint.schedule.child" in " ".join(p.cmdline())]
+
+
+def test_backups_in_a_child_process_succeed_time_out_and_stop(tmp_path: Path) -> None:
+    import os
+    import threading
+    import time
+
+    from swarm_maint.schedule.child import backup_in_child
+    from swarm_maint.schedule.job import JobRun
+
+    settings = node_settings(tmp_path)
+    big = tmp_path / "data" / "big.bin"
+    with big.open("wb") as f:
+        for _ in range(8):
+            f.write(os.urandom(64 << 20))
+    settings["backup"]["jobs"] = [
+        {"name": "data", "paths": [str(tmp_path / "data")]},
+        {"name": "slow", "paths": [str(tmp_path / "data")], "timeout": "300ms"}]
+    cfg = config_from_dict(settings)
+    data, slow = cfg.backup.jobs
+
+    def run(stop: threading.Event | None = None) -> JobRun:
+        return JobRun("backup:x", "schedule", 1, stop or threading.Event())
+
+    ok = backup_in_child(cfg, data, run())
+    assert ok.status == "succeeded", ok.summary
+    assert ok.details["files"] == 3 and ok.details["bytes"] > 500 << 20
+    assert list_snapshots(open_job_repo(cfg, data))  # written by the child, readable here
+
+    started = time.monotonic()
+    timed_out = backup_in_child(cfg, slow, run())
+    assert timed_out.status == "failed"
+    assert timed_out.summary.startswith("timed out after 300ms and was killed")
+    assert time.monotonic() - started < 15 and _children() == []
+
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    (tmp_path / "data" / "big2.bin").write_bytes(os.urandom(256 << 20))
+    stopped = backup_in_child(cfg, data.model_copy(update={"name": "data"}), run(stop))
+    assert stopped.status == "interrupted" and _children() == []
+    # the killed runs left the repository sound
+    from swarm_maint.backup.verify import verify
+
+    assert verify(open_job_repo(cfg, data)).ok
+
+
+def test_a_broken_child_is_a_failed_run_with_its_error(tmp_path: Path) -> None:
+    import threading
+
+    from swarm_maint.schedule.child import backup_in_child
+    from swarm_maint.schedule.job import JobRun
+
+    settings = node_settings(tmp_path)
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    settings["backup"]["jobs"] = [{"name": "x", "paths": [str(tmp_path / "data")],
+                                   "repo": str(tmp_path / "none"), "password_file": str(pw)}]
+    cfg = config_from_dict(settings)
+    out = backup_in_child(cfg, cfg.backup.jobs[0],
+                          JobRun("backup:x", "schedule", 1, threading.Event()))
+    assert out.status == "failed" and "swarm-maint backup init" in out.summary

@@ -6,7 +6,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import _Section
+from .base import Duration, _Section
 from .schedule import check_cron_field
 
 __all__ = ["BackupConfig", "BackupJobConfig", "ConfigSnapshotsConfig"]
@@ -50,6 +50,8 @@ class BackupJobConfig(_Section):
     keep_weekly: int = Field(4, ge=0, description="… of N weeks …")
     keep_monthly: int = Field(6, ge=0, description="… and of N months.")
     prune: bool = Field(True, description="Free the space of forgotten snapshots.")
+    timeout: Duration = Field(86400.0, description="A run still going after this long (a "
+                              "hung mount) is killed and failed; 0s: no limit.")
 
     _schedule = field_validator("schedule")(check_cron_field)
 

@@ -34,6 +34,7 @@ from ..health.check import CheckResult
 from ..health.runner import HealthRunner
 from ..store import Store
 from .backup_jobs import backup_job, retention, verify_all
+from .child import backup_in_child
 from .cron import CronSpec, resolve_timezone
 from .job import Job, JobOutcome, JobRun
 
@@ -64,6 +65,9 @@ class JobContext:
     idle: Callable[[], tuple[bool, str]] | None = None
     maintenance: Maintenance | None = None
     security_check: Callable[[], Any] | None = None  # the agent's SecurityWatcher.check_once
+    # the agent runs backups in a child process (schedule/child.py); `jobs run` is a
+    # process of its own already
+    isolate_backups: bool = False
 
 
 def _summary(results: list[CheckResult]) -> tuple[str, dict[str, Any]]:
@@ -232,7 +236,8 @@ def build_jobs(ctx: JobContext) -> list[Job]:
                      DEFAULT_SCHEDULES["config-snapshot"], lambda r: _config_snapshot(ctx, r)))
     for bj in cfg.backup.jobs:
         job = make(f"backup:{bj.name}", "backup", "backup of " + ", ".join(bj.paths),
-                   bj.schedule, functools.partial(backup_job, cfg, bj),
+                   bj.schedule, functools.partial(
+                       backup_in_child if ctx.isolate_backups else backup_job, cfg, bj),
                    enabled=bj.enabled, labels={"backup_job": bj.name})
         job.max_age = job.schedule.period + sc.backup_max_age_margin
         jobs.append(job)

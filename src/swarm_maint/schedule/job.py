@@ -11,7 +11,8 @@ from .cron import CronSpec
 
 __all__ = ["Job", "JobOutcome", "JobRun", "Outcome"]
 
-Outcome = Literal["succeeded", "failed", "skipped"]
+# "interrupted": the agent is stopping; the run is repeated at the next start
+Outcome = Literal["succeeded", "failed", "skipped", "interrupted"]
 
 
 @dataclass

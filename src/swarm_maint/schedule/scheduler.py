@@ -281,6 +281,12 @@ class Scheduler:
         with self._lock:
             retry = (outcome.status == "failed" and cur.attempt <= job.retries
                      and not self.stop_event.is_set())
+            if outcome.status == "interrupted":  # not done: recovered at the next start
+                rec = self.history.finish(st.run_id, "interrupted", outcome.summary,
+                                          outcome.details, now)
+                st.phase, st.current, st.run_id = "idle", None, None
+                st.finished.set()
+                return
             rec = self.history.finish(st.run_id, outcome.status, outcome.summary,
                                       outcome.details, now, final=not retry)
             self.history.prune(job.name, KEEP_RUNS)
