@@ -279,10 +279,17 @@ def test_backups_in_a_child_process_succeed_time_out_and_stop(tmp_path: Path) ->
     (tmp_path / "data" / "big2.bin").write_bytes(os.urandom(256 << 20))
     stopped = backup_in_child(cfg, data.model_copy(update={"name": "data"}), run(stop))
     assert stopped.status == "interrupted" and _children() == []
-    # the killed runs left the repository sound
+    # the killed runs left the repository sound; verification and retention run in a
+    # child process too
     from swarm_maint.backup.verify import verify
+    from swarm_maint.schedule.child import in_child
 
     assert verify(open_job_repo(cfg, data)).ok
+    checked = in_child(cfg, "verify", run())
+    assert checked.status == "succeeded", checked.summary
+    assert checked.details["backup:data"] == {"ok": True, "errors": 0}
+    thinned = in_child(cfg, "retention", run())
+    assert thinned.status == "succeeded" and thinned.details["data"]["kept"] == 1
 
 
 def test_a_broken_child_is_a_failed_run_with_its_error(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from ..health.check import CheckResult
 from ..health.runner import HealthRunner
 from ..store import Store
 from .backup_jobs import backup_job, retention, verify_all
-from .child import backup_in_child
+from .child import backup_in_child, in_child
 from .cron import CronSpec, resolve_timezone
 from .job import Job, JobOutcome, JobRun
 
@@ -242,11 +242,17 @@ def build_jobs(ctx: JobContext) -> list[Job]:
         job.max_age = job.schedule.period + sc.backup_max_age_margin
         jobs.append(job)
     if cfg.backup.jobs:
+        verify: Callable[[JobRun], JobOutcome] = (
+            functools.partial(in_child, cfg, "verify") if ctx.isolate_backups
+            else functools.partial(verify_all, cfg))
+        thin: Callable[[JobRun], JobOutcome] = (
+            functools.partial(in_child, cfg, "retention") if ctx.isolate_backups
+            else functools.partial(retention, cfg))
         jobs.append(make("backup-verify", "backup-verify", "verify every backup repository",
-                         DEFAULT_SCHEDULES["backup-verify"], lambda r: verify_all(cfg, r)))
+                         DEFAULT_SCHEDULES["backup-verify"], verify))
         jobs.append(make("backup-retention", "backup-retention",
                          "forget and prune snapshots by each job's keep policy",
-                         DEFAULT_SCHEDULES["backup-retention"], lambda r: retention(cfg, r)))
+                         DEFAULT_SCHEDULES["backup-retention"], thin))
     if cfg.updates.enabled:
         sec = make("security-updates", "updates", "apply non-disruptive security patches",
                    DEFAULT_SCHEDULES["security-updates"], lambda r: _security_updates(ctx, r))

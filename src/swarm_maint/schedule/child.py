@@ -1,4 +1,4 @@
-"""Backups run in a child process of the agent.
+"""Backups (and their verification and retention) run in a child process of the agent.
 
 The agent stays small (the backup engine's buffers and imports live and die with the
 child), a backup that hangs (a dead NFS mount) is killed at the job's ``timeout``, and a
@@ -7,8 +7,9 @@ stopping agent stops its backup at once. The child dies with the agent's job thr
 leaves no orphan writing to the repository; the repository is crash-safe, and the next
 run reuses what the killed one stored.
 
-Protocol: the parent writes ``{"config": <effective config>, "job": NAME, "parent": pid}``
-to the child's stdin; the child prints the outcome as one JSON object on stdout.
+Protocol: the parent writes ``{"config": <effective config>, "action": "backup" | "verify" |
+"retention", "job": NAME, "parent": pid}`` to the child's stdin; the child prints the
+outcome as one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..durations import format_duration
 from ..errors import SwarmMaintError
 from .job import JobOutcome, JobRun
 
-__all__ = ["backup_in_child", "main"]
+__all__ = ["backup_in_child", "in_child", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,18 @@ def _die_with_parent(parent: int) -> None:
 
 def backup_in_child(cfg: Config, job: BackupJobConfig, run: JobRun) -> JobOutcome:
     """Run one backup job in a child process; kill it at the timeout or when asked to stop."""
-    payload = json.dumps({"config": cfg.model_dump(mode="json"), "job": job.name,
-                          "parent": os.getpid()})
+    return in_child(cfg, "backup", run, job=job.name, timeout=job.timeout)
+
+
+def in_child(cfg: Config, action: str, run: JobRun, *, job: str = "",
+             timeout: float = 0.0) -> JobOutcome:
+    """Run ``action`` (backup, verify, retention) in a child process."""
+    payload = json.dumps({"config": cfg.model_dump(mode="json"), "action": action,
+                          "job": job, "parent": os.getpid()})
     proc = subprocess.Popen([sys.executable, "-m", "swarm_maint.schedule.child"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + job.timeout if job.timeout > 0 else None
+    deadline = time.monotonic() + timeout if timeout > 0 else None
     stdin: str | None = payload
     while True:
         try:
@@ -65,11 +72,11 @@ def backup_in_child(cfg: Config, job: BackupJobConfig, run: JobRun) -> JobOutcom
             stdin = None
         if run.stop.is_set():
             _end(proc)
-            return JobOutcome("interrupted", "the agent stopped during the backup; it runs "
-                              "again at the next start")
+            return JobOutcome("interrupted", f"the agent stopped during the {action}; it "
+                              "runs again at the next start")
         if deadline is not None and time.monotonic() > deadline:
             _end(proc)
-            return JobOutcome("failed", f"timed out after {format_duration(job.timeout)} "
+            return JobOutcome("failed", f"timed out after {format_duration(timeout)} "
                               "and was killed; the repository stays sound and the next run "
                               "reuses what this one stored")
     try:
@@ -77,7 +84,7 @@ def backup_in_child(cfg: Config, job: BackupJobConfig, run: JobRun) -> JobOutcom
         return JobOutcome(data["status"], data["summary"], data.get("details", {}))
     except (IndexError, ValueError, KeyError, TypeError):
         last = (err.strip().splitlines() or ["no output"])[-1]
-        return JobOutcome("failed", f"the backup process exited {proc.returncode}: {last}")
+        return JobOutcome("failed", f"the {action} process exited {proc.returncode}: {last}")
 
 
 def _end(proc: subprocess.Popen[str]) -> None:
@@ -90,17 +97,25 @@ def _end(proc: subprocess.Popen[str]) -> None:
 
 
 def main() -> int:
-    from .backup_jobs import backup_job
+    from .backup_jobs import backup_job, retention, verify_all
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     request = json.loads(sys.stdin.read())
     _die_with_parent(int(request["parent"]))
     cfg = config_from_dict(request["config"], "<agent>")
-    job = next(j for j in cfg.backup.jobs if j.name == request["job"])
-    run = JobRun(f"backup:{job.name}", "child", 1, threading.Event())
+    action = request["action"]
+    run = JobRun(action, "child", 1, threading.Event())
     try:
-        outcome = backup_job(cfg, job, run)
+        if action == "backup":
+            job = next(j for j in cfg.backup.jobs if j.name == request["job"])
+            outcome = backup_job(cfg, job, run)
+        elif action == "verify":
+            outcome = verify_all(cfg, run)
+        elif action == "retention":
+            outcome = retention(cfg, run)
+        else:
+            raise SystemExit(f"unknown action {action!r}")
     except SwarmMaintError as exc:
         outcome = JobOutcome("failed", str(exc))
     sys.stdout.write(json.dumps({"status": outcome.status, "summary": outcome.summary,
