@@ -290,6 +290,9 @@ def test_backups_in_a_child_process_succeed_time_out_and_stop(tmp_path: Path) ->
     assert checked.details["backup:data"] == {"ok": True, "errors": 0}
     thinned = in_child(cfg, "retention", run())
     assert thinned.status == "succeeded" and thinned.details["data"]["kept"] == 1
+    snap = in_child(cfg, "config-snapshot", run())
+    assert snap.status == "succeeded", snap.summary
+    assert snap.details["paths"] == [str(tmp_path / "etc")]
 
 
 def test_a_broken_child_is_a_failed_run_with_its_error(tmp_path: Path) -> None:

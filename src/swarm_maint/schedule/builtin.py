@@ -103,17 +103,17 @@ def _diagnostics(ctx: JobContext, run: JobRun) -> JobOutcome:
     return JobOutcome("succeeded", text, details)
 
 
-def _config_snapshot(ctx: JobContext, run: JobRun) -> JobOutcome:
+def config_snapshot(cfg: Config, config_file: Path | None) -> JobOutcome:
     from ..backup.config_snapshots import (
         create_config_snapshot,
         open_config_repo,
         snapshot_paths,
     )
 
-    paths = snapshot_paths(ctx.cfg, ctx.config_file)
+    paths = snapshot_paths(cfg, config_file)
     if not paths:
         return JobOutcome("failed", "none of backup.config_snapshots.paths exists")
-    res = create_config_snapshot(open_config_repo(ctx.cfg), paths, reason="periodic")
+    res = create_config_snapshot(open_config_repo(cfg), paths, reason="periodic")
     text = (f"config snapshot {res.snapshot_id[:12]}: {res.files} files, "
             f"{res.added_bytes / 1024:.1f} KiB added")
     if res.partial:
@@ -231,9 +231,12 @@ def build_jobs(ctx: JobContext) -> list[Job]:
         jobs.append(make("diagnostics", "health", "active GPU diagnostics (level 2)",
                          DEFAULT_SCHEDULES["diagnostics"], lambda r: _diagnostics(ctx, r),
                          window=True))
+    snapshot: Callable[[JobRun], JobOutcome] = (
+        functools.partial(in_child, cfg, "config-snapshot", config_file=ctx.config_file)
+        if ctx.isolate_backups else lambda r: config_snapshot(cfg, ctx.config_file))
     jobs.append(make("config-snapshot", "config-snapshot",
                      "snapshot of system and workload configuration",
-                     DEFAULT_SCHEDULES["config-snapshot"], lambda r: _config_snapshot(ctx, r)))
+                     DEFAULT_SCHEDULES["config-snapshot"], snapshot))
     for bj in cfg.backup.jobs:
         job = make(f"backup:{bj.name}", "backup", "backup of " + ", ".join(bj.paths),
                    bj.schedule, functools.partial(

@@ -8,7 +8,8 @@ leaves no orphan writing to the repository; the repository is crash-safe, and th
 run reuses what the killed one stored.
 
 Protocol: the parent writes ``{"config": <effective config>, "action": "backup" | "verify" |
-"retention", "job": NAME, "parent": pid}`` to the child's stdin; the child prints the
+"retention" | "config-snapshot", "job": NAME, "parent": pid, "config_file": path}`` to the
+child's stdin; the child prints the
 outcome as one JSON object on stdout.
 """
 
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from ..config import BackupJobConfig, Config, config_from_dict
@@ -55,10 +57,11 @@ def backup_in_child(cfg: Config, job: BackupJobConfig, run: JobRun) -> JobOutcom
 
 
 def in_child(cfg: Config, action: str, run: JobRun, *, job: str = "",
-             timeout: float = 0.0) -> JobOutcome:
-    """Run ``action`` (backup, verify, retention) in a child process."""
+             timeout: float = 0.0, config_file: Path | None = None) -> JobOutcome:
+    """Run ``action`` (backup, verify, retention, config-snapshot) in a child process."""
     payload = json.dumps({"config": cfg.model_dump(mode="json"), "action": action,
-                          "job": job, "parent": os.getpid()})
+                          "job": job, "parent": os.getpid(),
+                          "config_file": str(config_file) if config_file else None})
     proc = subprocess.Popen([sys.executable, "-m", "swarm_maint.schedule.child"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -114,6 +117,11 @@ def main() -> int:
             outcome = verify_all(cfg, run)
         elif action == "retention":
             outcome = retention(cfg, run)
+        elif action == "config-snapshot":
+            from .builtin import config_snapshot
+
+            given = request.get("config_file")
+            outcome = config_snapshot(cfg, Path(given) if given else None)
         else:
             raise SystemExit(f"unknown action {action!r}")
     except SwarmMaintError as exc:
