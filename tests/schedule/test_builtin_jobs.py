@@ -44,6 +44,10 @@ def test_the_default_schedule_has_every_swarm_job() -> None:
     assert jobs["system-updates"].window and jobs["diagnostics"].window
     assert not jobs["security-updates"].window and jobs["security-updates"].lease
     assert all(j.jitter == 300 for j in jobs.values())
+    # the lease goes to security patches first, then health, snapshots, backups
+    assert (jobs["security-updates"].priority < jobs["diagnostics"].priority
+            < jobs["config-snapshot"].priority < jobs["backup:data"].priority
+            < jobs["backup-verify"].priority)
 
 
 def test_overrides_change_and_disable_jobs_and_unknown_names_are_refused() -> None:

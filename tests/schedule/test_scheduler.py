@@ -532,3 +532,33 @@ def test_asking_twice_says_the_run_is_queued(store):
     s.request("h")
     with pytest.raises(ScheduleError, match="job h is already queued"):
         s.request("h")
+
+
+def test_when_the_lease_comes_free_the_most_urgent_waiting_run_gets_it(store):
+    clock = FakeClock(T0 + 3590)
+    order: list[str] = []
+
+    def record(name: str) -> Recorder:
+        rec = Recorder()
+        real = rec.__call__
+
+        def act(run: JobRun) -> JobOutcome:
+            order.append(name)
+            return real(run)
+
+        return act  # type: ignore[return-value]
+
+    jobs = [Job("backup-verify", "backup-verify", "", cron("0 * * * *"), record("verify"),
+                jitter=0, catch_up=False, priority=60),
+            Job("backup:data", "backup", "", cron("0 * * * *"), record("backup"), jitter=0,
+                catch_up=False, priority=40),
+            Job("security-updates", "updates", "", cron("0 * * * *"), record("security"),
+                jitter=0, catch_up=False, priority=10)]
+    s = make(store, clock, *jobs)
+    s.prepare()
+    s.lease.try_acquire("system-updates")  # a long run holds the lease at the top of the hour
+    step(s, clock, 60)
+    assert order == []
+    s.lease.release("system-updates")
+    step(s, clock, 10)
+    assert order == ["security", "backup", "verify"]

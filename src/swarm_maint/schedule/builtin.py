@@ -53,6 +53,11 @@ DEFAULT_SCHEDULES = {
 }
 
 
+# who gets the lease first when several runs wait for it
+_PRIORITY = {"updates": 10, "health": 20, "config-snapshot": 30, "backup": 40,
+             "backup-retention": 50, "backup-verify": 60}
+
+
 @dataclass
 class JobContext:
     """What the jobs need from the agent (or, for `jobs run`, from a one-shot build)."""
@@ -211,6 +216,7 @@ def build_jobs(ctx: JobContext) -> list[Job]:
     def make(name: str, kind: str, description: str, schedule: str,
              action: Callable[[JobRun], JobOutcome], *, lease: bool = True,
              window: bool = False, enabled: bool = True, **extra: Any) -> Job:
+        extra.setdefault("priority", _PRIORITY.get(kind, 50))
         o = sc.jobs.get(name) or JobOverride()
         expr = o.schedule or schedule
         try:

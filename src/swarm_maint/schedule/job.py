@@ -51,3 +51,5 @@ class Job:
     # asked at agent start: True runs the job right after the start delay (an update run
     # cut off by a reboot must be finished at once, not at the next slot)
     urgent_at_start: Callable[[], bool] | None = None
+    # when several runs wait for the lease, the lowest number gets it first
+    priority: int = 50

@@ -181,7 +181,8 @@ class Scheduler:
         """Start what is due, move waiting runs on; seconds until the next thing to do."""
         now = self.clock.time()
         with self._lock:
-            states = list(self._states.values())
+            # by priority: when the lease comes free, security patches go before a backup
+            states = sorted(self._states.values(), key=lambda st: st.job.priority)
             if any(st.phase == "waiting" and st.job.window for st in states):
                 self.gate.observe(now, self.utilization())
             else:  # quiet time only counts while a job watches for it
