@@ -13,7 +13,8 @@
     swarm_backup_last_success_timestamp_seconds{job} (first sighting until a success)
     swarm_backup_max_age_seconds{job}                schedule period + margin
 
-The database is read at most every 10 s, and at once after a run ends.
+The database (runs, states, the lease) is read at most every 10 s, and at once after a
+run ends or a run starts.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from ..monitoring.collector import CollectorStatus
 from .history import JobRunRecord, JobState
+from .lease import LeaseInfo
 from .scheduler import Scheduler
 
 __all__ = ["ScheduleCollector"]
@@ -38,15 +40,18 @@ class ScheduleCollector:
         self.scheduler = scheduler
         self._lock = threading.Lock()
         self._cache: tuple[float, dict[str, JobRunRecord], dict[str, JobRunRecord],
-                           dict[str, JobState], dict[tuple[str, str], int]] | None = None
+                           dict[str, JobState], dict[tuple[str, str], int],
+                           LeaseInfo | None] | None = None
         scheduler.on_finish.append(lambda _rec: self.invalidate())
+        scheduler.on_start.append(lambda _name: self.invalidate())
 
     def invalidate(self) -> None:
         with self._lock:
             self._cache = None
 
     def _read(self) -> tuple[dict[str, JobRunRecord], dict[str, JobRunRecord],
-                             dict[str, JobState], dict[tuple[str, str], int]]:
+                             dict[str, JobState], dict[tuple[str, str], int],
+                             LeaseInfo | None]:
         now = self.scheduler.clock.monotonic()
         with self._lock:
             cache = self._cache
@@ -54,13 +59,13 @@ class ScheduleCollector:
             h = self.scheduler.history
             cache = (now, h.latest_finished_per_job(("succeeded", "failed"), final_only=True),
                      h.latest_finished_per_job(("succeeded", "failed", "skipped", "missed")),
-                     h.states(), h.counts())
+                     h.states(), h.counts(), self.scheduler.lease.holder())
             with self._lock:
                 self._cache = cache
-        return cache[1], cache[2], cache[3], cache[4]
+        return cache[1], cache[2], cache[3], cache[4], cache[5]
 
     def collect(self) -> list[Metric]:
-        ran, handled, states, counts = self._read()
+        ran, handled, states, counts, holder = self._read()
         phases = self.scheduler.phases()
         due = self.scheduler.next_due()
         lab = ["job", "kind"]
@@ -122,7 +127,6 @@ class ScheduleCollector:
                     b_max.add_metric([bjob], job.max_age)
         out: list[Metric] = [success, last, good, took, missed, running, waiting, nxt, total,
                              b_ok, b_at, b_max]
-        holder = self.scheduler.lease.holder()
         lease = GaugeMetricFamily("swarm_maintenance_lease_held", "1 while a job or command "
                                   "holds the node's maintenance lease.", labels=["owner"])
         if holder is not None:

@@ -97,6 +97,7 @@ class Scheduler:
         self.inline = inline        # tests: run actions on the calling thread
         self.stop_event = threading.Event()
         self.on_finish: list[Callable[[JobRunRecord], None]] = []
+        self.on_start: list[Callable[[str], None]] = []  # a run took off (with the lease)
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._states: dict[str, _State] = {}
@@ -245,6 +246,8 @@ class Scheduler:
         st.reason = ""
         st.finished.clear()
         self.history.update(st.run_id, status="running", summary="", started=now)
+        for cb in self.on_start:
+            cb(job.name)
         if self.inline:
             self._execute(st)
         else:
