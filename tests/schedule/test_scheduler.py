@@ -563,3 +563,19 @@ def test_when_the_lease_comes_free_the_most_urgent_waiting_run_gets_it(store):
     s.lease.release("system-updates")
     step(s, clock, 10)
     assert order == ["security", "backup", "verify"]
+
+
+def test_a_job_switched_off_and_never_run_exports_nothing(store):
+    clock = FakeClock(T0 + 1000)
+    off = Job("diagnostics", "health", "", cron("0 4 * * 0"), Recorder(), enabled=False)
+    on = Job("health", "health", "", cron("0 * * * *"), Recorder(), lease=False,
+             catch_up=False)
+    s = make(store, clock, off, on)
+    coll = ScheduleCollector(s)
+    s.prepare()
+    jobs = {sm.labels.get("job") for m in coll.collect() for sm in m.samples}
+    assert jobs == {"health"}
+    s.run_now("diagnostics")  # run by hand once: now it has something to say
+    coll.invalidate()
+    jobs = {sm.labels.get("job") for m in coll.collect() for sm in m.samples}
+    assert jobs == {"health", "diagnostics"}

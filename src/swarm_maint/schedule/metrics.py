@@ -97,6 +97,8 @@ class ScheduleCollector:
                                   "backup may get: the schedule's period plus the margin.",
                                   labels=["job"])
         for name, job in self.scheduler.jobs.items():
+            if not job.enabled and name not in handled and name not in ran:
+                continue  # switched off and never run: nothing to say
             labels = [name, job.kind]
             rec = ran.get(name)
             if rec is not None and rec.ended is not None:
