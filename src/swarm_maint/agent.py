@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -243,6 +244,10 @@ class Agent:
         )
         try:
             self.hub.collect_once()  # /metrics is never empty, even for the first scrape
+            # everything built so far (modules, config, collectors) lives as long as the
+            # agent: keep it out of the cyclic GC's full passes, which otherwise walk it
+            # again and again for the short-lived garbage of each collection and scrape
+            gc.freeze()
             collector_thread.start()
             server_thread.start()
             if self.health is not None and health_thread is not None:
