@@ -7,6 +7,8 @@ seconds), which short test schedules use.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from datetime import datetime, tzinfo
 from functools import cached_property
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -17,9 +19,17 @@ __all__ = ["CronSpec", "check_cron", "resolve_timezone"]
 
 
 def resolve_timezone(name: str) -> tzinfo:
-    """An IANA zone such as ``Europe/Berlin``; empty means the system's local zone."""
+    """An IANA zone such as ``Europe/Berlin``; empty means the system's local zone ($TZ,
+    else /etc/localtime), with its daylight-saving rules: a fixed UTC offset would move
+    every slot by an hour twice a year."""
     if not name:
-        local = datetime.now().astimezone().tzinfo
+        env = os.environ.get("TZ", "").lstrip(":")
+        if env:
+            with contextlib.suppress(ZoneInfoNotFoundError, ValueError, OSError):
+                return ZoneInfo(env)
+        with contextlib.suppress(OSError, ValueError), open("/etc/localtime", "rb") as f:
+            return ZoneInfo.from_file(f, key="localtime")
+        local = datetime.now().astimezone().tzinfo  # last resort: today's offset
         assert local is not None
         return local
     try:
