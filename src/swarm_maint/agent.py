@@ -113,8 +113,7 @@ class Agent:
         config_file: Path | None = None,
     ) -> None:
         if state_dir is not None:  # every component, snapshots and updates too, uses it
-            config = config.model_copy(update={"agent": config.agent.model_copy(
-                update={"state_dir": str(state_dir)})})
+            config = config.with_state_dir(state_dir)
         self.config = config
         self.clock = clock or SystemClock()
         self.listen = listen or config.agent.listen

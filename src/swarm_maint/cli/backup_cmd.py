@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..errors import UsageError
-from .common import ConfigOption, JsonOption, effective_config, print_json
+from .common import ConfigOption, JsonOption, effective_config, print_json, state_store
 
 app = typer.Typer(help="Deduplicated, encrypted backups.", no_args_is_help=True)
 key_app = typer.Typer(help="Passwords that open a repository.", no_args_is_help=True)
@@ -88,14 +88,10 @@ def _maintenance_lease(cfg: Any, owner: str, *, skip: bool) -> Iterator[None]:
         return
     from ..clock import SystemClock
     from ..schedule.lease import Lease
-    from ..store import Store
 
-    store = Store(cfg.agent.resolved_state_dir() / "state.db")
-    try:
-        with Lease(store, SystemClock(), cfg.schedule.lease_ttl).hold(owner):
-            yield
-    finally:
-        store.close()
+    with state_store(cfg) as store, \
+            Lease(store, SystemClock(), cfg.schedule.lease_ttl).hold(owner):
+        yield
 
 
 class _Bar:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UsageError
-from .common import ConfigOption, JsonOption, effective_config, print_json
+from .common import ConfigOption, JsonOption, effective_config, print_json, state_store
 
 app = typer.Typer(help="Hardware and software health checks.", no_args_is_help=True)
 
@@ -106,14 +106,9 @@ def history(
 ) -> None:
     """Past transitions of the health conditions, newest first."""
     from ..health.runner import load_history
-    from ..store import Store
 
-    cfg = effective_config(config)
-    store = Store(cfg.agent.resolved_state_dir() / "state.db")
-    try:
+    with state_store(effective_config(config)) as store:
         rows = load_history(store, check, 0.0, limit)
-    finally:
-        store.close()
     if json_out:
         print_json(rows)
         return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -14,7 +13,14 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UsageError
-from .common import ConfigOption, JsonOption, effective_config, print_json
+from .common import (
+    ConfigOption,
+    JsonOption,
+    config_path,
+    effective_config,
+    print_json,
+    state_store,
+)
 
 if TYPE_CHECKING:
     from ..schedule.scheduler import Scheduler
@@ -35,15 +41,11 @@ def _scheduler(config: Path | None, state_dir: Path | None) -> Iterator[Schedule
     from ..monitoring.oneshot import local_hub
     from ..schedule.builtin import JobContext, one_shot_health
     from ..schedule.service import build_scheduler
-    from ..store import Store
 
     cfg = effective_config(config)
-    if config is None and os.environ.get("SWARM_MAINT_CONFIG"):
-        config = Path(os.environ["SWARM_MAINT_CONFIG"])
+    config = config_path(config)  # snapshotted with the rest
     if state_dir is not None:
-        cfg = cfg.model_copy(update={"agent": cfg.agent.model_copy(
-            update={"state_dir": str(state_dir)})})
-    store = Store(cfg.agent.resolved_state_dir() / "state.db")
+        cfg = cfg.with_state_dir(state_dir)
     clock = SystemClock()
 
     def idle() -> tuple[bool, str]:
@@ -53,12 +55,10 @@ def _scheduler(config: Path | None, state_dir: Path | None) -> Iterator[Schedule
         finally:
             hub.close()
 
-    try:
+    with state_store(cfg) as store:
         ctx = JobContext(cfg, store, clock, config_file=config,
                          health=lambda: one_shot_health(cfg, store, clock), idle=idle)
         yield build_scheduler(ctx)
-    finally:
-        store.close()
 
 
 def _when(ts: float | None) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +14,14 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UsageError
-from .common import ConfigOption, JsonOption, effective_config, print_json
+from .common import (
+    ConfigOption,
+    JsonOption,
+    config_path,
+    effective_config,
+    print_json,
+    state_store,
+)
 
 if TYPE_CHECKING:
     from ..updates.history import RunRecord
@@ -37,19 +43,13 @@ DriverOption = Annotated[bool, typer.Option(
 
 @contextmanager
 def _service(config: Path | None, root: Path | None) -> Iterator[UpdateService]:
-    from ..store import Store
     from ..updates.service import UpdateService
 
     if root is not None and not root.is_dir():
         raise UsageError(f"--root {root}: not a directory")
     cfg = effective_config(config)
-    if config is None and os.environ.get("SWARM_MAINT_CONFIG"):
-        config = Path(os.environ["SWARM_MAINT_CONFIG"])  # snapshotted with the rest
-    store = Store(cfg.agent.resolved_state_dir() / "state.db")
-    try:
-        yield UpdateService(cfg, store, root=root, config_file=config)
-    finally:
-        store.close()
+    with state_store(cfg) as store:  # the config file is snapshotted with the rest
+        yield UpdateService(cfg, store, root=root, config_file=config_path(config))
 
 
 @contextmanager
@@ -197,15 +197,10 @@ def history(
     json_out: JsonOption = False,
 ) -> None:
     """Every update run with its steps, newest first."""
-    from ..store import Store
     from ..updates.history import UpdateHistory
 
-    cfg = effective_config(config)
-    store = Store(cfg.agent.resolved_state_dir() / "state.db")
-    try:
+    with state_store(effective_config(config)) as store:
         runs = UpdateHistory(store).runs(limit)
-    finally:
-        store.close()
     if json_out:
         print_json([r.to_json() for r in runs])
         return

@@ -99,6 +99,11 @@ class Config(_Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig,
                                      description="The maintenance schedule (docs/schedule.md).")
 
+    def with_state_dir(self, path: str | os.PathLike[str]) -> Config:
+        """This config with ``agent.state_dir`` replaced (``--state-dir``)."""
+        agent = self.agent.model_copy(update={"state_dir": str(path)})
+        return self.model_copy(update={"agent": agent})
+
     @model_validator(mode="after")
     def _job_names(self) -> Config:
         known = [*BUILTIN_JOBS, *(f"backup:{j.name}" for j in self.backup.jobs)]

@@ -65,7 +65,6 @@ class _State:
     lease_deadline: float = 0.0
     reason: str = ""
     saved: _Slot | None = None  # the scheduled slot a manual run stepped in front of
-    thread: threading.Thread | None = None
     finished: threading.Event = field(default_factory=threading.Event)
 
 
@@ -251,9 +250,8 @@ class Scheduler:
         if self.inline:
             self._execute(st)
         else:
-            st.thread = threading.Thread(target=self._execute, args=(st,), daemon=True,
-                                         name=f"job-{job.name}")
-            st.thread.start()
+            threading.Thread(target=self._execute, args=(st,), daemon=True,
+                             name=f"job-{job.name}").start()
 
     def _wait(self, st: _State, reason: str) -> None:
         if reason != st.reason and st.run_id is not None:
@@ -286,10 +284,9 @@ class Scheduler:
             retry = (outcome.status == "failed" and cur.attempt <= job.retries
                      and not self.stop_event.is_set())
             if outcome.status == "interrupted":  # not done: recovered at the next start
-                rec = self.history.finish(st.run_id, "interrupted", outcome.summary,
-                                          outcome.details, now)
-                st.phase, st.current, st.run_id = "idle", None, None
-                st.finished.set()
+                self.history.finish(st.run_id, "interrupted", outcome.summary,
+                                    outcome.details, now)
+                self._to_idle(st)
                 return
             rec = self.history.finish(st.run_id, outcome.status, outcome.summary,
                                       outcome.details, now, final=not retry)
@@ -304,10 +301,7 @@ class Scheduler:
                 self.history.mark_done(job.name, cur.slot,
                                        now if outcome.status == "succeeded" else None)
                 st.next = self._advance(st, now)
-            st.phase = "idle"
-            st.current = None
-            st.run_id = None
-        st.finished.set()
+            self._to_idle(st)
         self._wake.set()
         for cb in self.on_finish:
             cb(rec)
@@ -319,12 +313,14 @@ class Scheduler:
         log.warning("job %s %s", st.job.name, reason)
         self.history.mark_done(st.job.name, cur.slot, None)
         st.next = self._advance(st, now)
-        st.phase = "idle"
-        st.current = None
-        st.run_id = None
-        st.finished.set()
+        self._to_idle(st)
         for cb in self.on_finish:
             cb(rec)
+
+    @staticmethod
+    def _to_idle(st: _State) -> None:
+        st.phase, st.current, st.run_id = "idle", None, None
+        st.finished.set()
 
     def _advance(self, st: _State, now: float) -> _Slot:
         if st.saved is not None:  # a manual run is over: the scheduled slot is next again
