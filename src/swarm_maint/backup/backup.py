@@ -3,8 +3,9 @@
 1. A fast scan (``os.scandir`` + lstat) builds the file list and totals, applying
    excludes and ``one_file_system``, so progress has bytes and an ETA from the start.
 2. Files are read by a pool of threads; files small enough to be one read are chunked
-   inline, larger ones are streamed through FastCDC and their chunks handed to a second
-   pool (hash, compress, encrypt), so one big file keeps every core busy too. Files the
+   inline, larger ones are read with direct I/O into a buffer each thread keeps
+   (``chunking.cut_fd``) and their chunks handed to a second pool (hash, compress,
+   encrypt into the pack's buffer), so one big file keeps every core busy too. Files the
    files cache knows unchanged are not read. Files that cannot be read are reported and
    left out: the snapshot is marked partial and the backup completes.
 3. Trees are stored bottom-up, ``repo.flush()`` makes packs and index durable, and only
@@ -27,6 +28,8 @@ from typing import Any, BinaryIO, Protocol
 
 from .. import __version__
 from ..clock import Clock, SystemClock
+from .chunking import buffer_size, cut_fd
+from .direct_io import AlignedBuffer
 from .files_cache import CacheEntry, FilesCache
 from .packs import DATA
 from .repository import Repository
@@ -193,6 +196,7 @@ class _Backup:
         self._sem = threading.BoundedSemaphore(2 * self.workers)
         self.small = repo.chunker_params.max_size
         self.blob_pool: ThreadPoolExecutor | None = None
+        self._buffers: list[AlignedBuffer] = []
 
     def error(self, path: str, msg: str) -> None:
         self.errors.append({"path": path, "error": msg})
@@ -353,22 +357,32 @@ class _Backup:
             self.files_read += 1
             self.bytes_read += n
 
+    def _read_buffer(self) -> AlignedBuffer:
+        buf: AlignedBuffer | None = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = AlignedBuffer(buffer_size(self.small))
+            with self._stats_lock:
+                self._buffers.append(buf)
+        return buf
+
     def _stream(self, f: BinaryIO) -> tuple[list[bytes], int]:
+        """Chunks of a large file, read directly into this thread's buffer; each chunk
+        is copied out and hashed, compressed and encrypted by the blob pool."""
         assert self.blob_pool is not None
         futures: list[Future[bytes]] = []
         total = 0
         failure: _ReadError | None = None
-        it = iter(self._chunker().cut_stream(f))
+        it = cut_fd(self._chunker(), f.fileno(), self._read_buffer(), self.small)
         try:
             while True:
                 try:
-                    chunk = next(it)
+                    piece = next(it)
                 except StopIteration:
                     break
                 except OSError as exc:
                     failure = _ReadError(f"read failed: {exc.strerror or exc}")
                     break
-                data = bytes(chunk.data)
+                data = bytes(piece)
                 total += len(data)
                 self._sem.acquire()
                 try:
@@ -377,11 +391,17 @@ class _Backup:
                     self._sem.release()
                     raise
         finally:
+            it.close()
             ids = [fut.result() for fut in futures]  # storage errors propagate
         if failure is not None:
             raise failure
         self._count(total)
         return ids, total
+
+    def release_buffers(self) -> None:
+        for buf in self._buffers:
+            buf.close()
+        self._buffers.clear()
 
 
 def _batches(files: list[_Entry], small: int) -> Iterator[list[_Entry]]:
@@ -476,6 +496,7 @@ def run_backup(
     finally:
         file_pool.shutdown(wait=True, cancel_futures=True)
         b.blob_pool.shutdown(wait=True, cancel_futures=True)
+        b.release_buffers()
     for e, lead in followers:
         if id(lead) in failed:
             b.error(e.path, "skipped: its hard-linked twin could not be read")
@@ -508,6 +529,7 @@ def run_backup(
         d.subtree, added = save_tree(repo, nodes)
         b.added += added
     repo.flush()
+    repo.release_buffers()
 
     seconds = clock.monotonic() - started_mono
     partial = bool(b.errors)

@@ -67,6 +67,12 @@ class Crypto:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
+    def seal_into(self, plaintext: bytes | memoryview, aad: bytes, out: memoryview) -> None:
+        """``seal`` into ``out``, which is exactly ``len(plaintext) + 28`` bytes long."""
+        nonce = os.urandom(NONCE_SIZE)
+        out[:NONCE_SIZE] = nonce
+        self._aead.encrypt_into(nonce, plaintext, aad, out[NONCE_SIZE:])
+
     def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
         """Decrypt and authenticate; DamagedObjectError naming ``what`` otherwise."""
         if len(sealed) < NONCE_SIZE + TAG_SIZE:

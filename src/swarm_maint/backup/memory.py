@@ -16,6 +16,7 @@ import ctypes.util
 
 __all__ = ["limit_heap_growth"]
 
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _done = False
 
@@ -36,4 +37,7 @@ def limit_heap_growth(threshold: int = 4 << 20) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     _done = bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+    # a fixed mmap threshold also fixes the trim threshold at 128 KiB: the heap would be
+    # given back and faulted in again for every chunk; keep up to 32 MiB of it
+    mallopt(_M_TRIM_THRESHOLD, 32 << 20)
     return _done

@@ -28,8 +28,8 @@ from typing import Any
 
 from ..errors import UsageError
 from .errors import DamagedObjectError, RepositoryError
-from .packs import PackEntry, PackWriter, decode_blob, pack_name
-from .repository import PACK_TARGET, Repository
+from .packs import PACK_TARGET, PackEntry, PackWriter, decode_blob, pack_name
+from .repository import Repository
 from .storage import LocalStorage, Storage, check_name
 from .verify import ProgressFn, parse_snapshot_tree, parse_tree
 
@@ -172,13 +172,16 @@ class _PackOutput:
     def finish(self) -> None:
         if not self._writer.entries:
             return
-        entries = list(self._writer.entries)
         pack_id, data = self._writer.finish()
-        self._writer = PackWriter(self._repo.crypto)
-        if not self._dry_run:
-            self._repo.storage.write(pack_name(pack_id), data)
+        entries = list(self._writer.entries)
+        try:
+            if not self._dry_run:
+                self._repo.storage.write(pack_name(pack_id), data)
+            self.bytes_written += len(data)
+        finally:
+            data.release()
+        self._writer = PackWriter(self._repo.crypto, self._writer.buf)  # reuse the buffer
         self.packs[pack_id] = entries
-        self.bytes_written += len(data)
 
 
 def prune(repo: Repository, *, repack_threshold: float = 0.5,

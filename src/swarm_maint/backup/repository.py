@@ -19,7 +19,8 @@ from typing import Any
 import blake3
 from pyfastcdc import FastCDC
 
-from .crypto import Crypto, MasterKey, unwrap_key, wrap_key
+from .crypto import NONCE_SIZE, TAG_SIZE, Crypto, MasterKey, unwrap_key, wrap_key
+from .direct_io import AlignedBuffer
 from .errors import (
     DamagedObjectError,
     RepositoryError,
@@ -28,13 +29,21 @@ from .errors import (
     WrongPasswordError,
 )
 from .index import Index, decode_index, encode_index, index_name
-from .packs import PackEntry, PackWriter, blob_aad, compress_if_worth_it, decode_blob, pack_name
+from .packs import (
+    PACK_BUFFER,
+    PACK_TARGET,
+    PackEntry,
+    PackWriter,
+    compress_if_worth_it,
+    decode_blob,
+    pack_name,
+)
 from .packs import read_header as read_pack_header
 from .storage import Storage
 
-__all__ = ["ChunkerParams", "Repository"]
+__all__ = ["PACK_TARGET", "ChunkerParams", "Repository"]
 
-PACK_TARGET = 16 << 20  # bytes of sealed blobs per pack before it is written
+_DIRECT_READ_MIN = 256 << 10  # blobs at least this large are read around the page cache
 INDEX_EVERY = 16  # packs; bounds what a crash can leave unindexed
 
 
@@ -58,7 +67,11 @@ class Repository:
         self.index = Index()
         self._lock = threading.Lock()
         self._pending: set[bytes] = set()
-        self._writer = PackWriter(self.crypto)
+        self._writer: PackWriter | None = None
+        self._spare: list[AlignedBuffer] = []  # pack buffers kept for reuse (pages stay mapped)
+        self._filling = 0  # packs closed or open with reservations not yet stored
+        self._settled = threading.Condition(self._lock)
+        self._tls = threading.local()  # per-thread read buffer for direct pack reads
         self._unindexed: dict[bytes, list[PackEntry]] = {}
         self._index_lock = threading.Lock()
         self.bytes_added = 0  # sealed bytes this session wrote into packs
@@ -202,7 +215,8 @@ class Repository:
                  blob_id: bytes | None = None) -> tuple[bytes, int]:
         """Store ``data`` unless the repository has it; returns (id, sealed bytes added).
 
-        Safe from several threads: compression and encryption run outside the lock.
+        Safe from several threads: compression and encryption run outside the lock, the
+        encryption straight into the pack's buffer.
         """
         bid = blob_id if blob_id is not None else self.crypto.blob_id(data)
         with self._lock:
@@ -210,51 +224,113 @@ class Repository:
                 return bid, 0
             self._pending.add(bid)
         compression, payload = compress_if_worth_it(data)
-        sealed = self.crypto.seal(payload, blob_aad(kind, bid))
-        full: PackWriter | None = None
+        length = len(payload) + NONCE_SIZE + TAG_SIZE
+        closed: PackWriter | None = None
         with self._lock:
-            self._writer.add(kind, bid, compression, sealed, len(data))
-            self.bytes_added += len(sealed)
-            if len(self._writer) >= PACK_TARGET:
-                full, self._writer = self._writer, PackWriter(self.crypto)
-        if full is not None:
-            self._store_pack(full)
-        return bid, len(sealed)
+            writer = self._writer
+            if writer is not None and not writer.fits(length):
+                closed = self._close_locked(writer)
+                writer = None
+            if writer is None:
+                writer = self._writer = self._new_writer_locked(length)
+            offset = writer.reserve(length)
+            self.bytes_added += length
+            if len(writer) >= PACK_TARGET:
+                self._writer = None
+                if self._close_locked(writer) is not None:
+                    raise AssertionError("a pack with a reservation cannot be ready")
+        if closed is not None:
+            self._store_pack(closed)
+        try:
+            writer.seal_at(offset, kind, bid, compression, payload, len(data))
+        finally:
+            with self._lock:
+                writer.busy -= 1
+                ready = writer.closed and writer.busy == 0
+        if ready:
+            self._store_pack(writer)
+        return bid, length
+
+    def _new_writer_locked(self, length: int) -> PackWriter:
+        buf = self._spare.pop() if self._spare else None
+        if buf is None or buf.capacity < length + (2 << 20):
+            buf = AlignedBuffer(max(PACK_BUFFER, length + (2 << 20)))
+        self._filling += 1
+        return PackWriter(self.crypto, buf)
+
+    def _close_locked(self, writer: PackWriter) -> PackWriter | None:
+        """Mark ``writer`` closed; returns it when it can be stored now."""
+        writer.closed = True
+        if self._writer is writer:
+            self._writer = None
+        return writer if writer.busy == 0 else None
 
     def _store_pack(self, writer: PackWriter) -> None:
-        entries = list(writer.entries)
-        pack_id, data = writer.finish()
-        self.storage.write(pack_name(pack_id), data)
-        write_now: dict[bytes, list[PackEntry]] | None = None
-        with self._lock:
-            self.index.add_pack(pack_id, entries, None)
-            self._pending.difference_update(e.id for e in entries)
-            self._unindexed[pack_id] = entries
-            if len(self._unindexed) >= INDEX_EVERY:
-                write_now, self._unindexed = self._unindexed, {}
-        if write_now:
-            with self._index_lock:
-                self._write_index(write_now)
+        try:
+            if not writer.entries:
+                return
+            pack_id, data = writer.finish()
+            try:
+                self.storage.write(pack_name(pack_id), data)
+            finally:
+                data.release()
+            entries = list(writer.entries)
+            write_now: dict[bytes, list[PackEntry]] | None = None
+            with self._lock:
+                self.index.add_pack(pack_id, entries, None)
+                self._pending.difference_update(e.id for e in entries)
+                self._unindexed[pack_id] = entries
+                if len(self._unindexed) >= INDEX_EVERY:
+                    write_now, self._unindexed = self._unindexed, {}
+            if write_now:
+                with self._index_lock:
+                    self._write_index(write_now)
+        finally:
+            with self._lock:
+                if len(self._spare) < 2:
+                    self._spare.append(writer.buf)
+                else:
+                    writer.buf.close()
+                self._filling -= 1
+                self._settled.notify_all()
 
     def flush(self) -> None:
-        """Write the open pack and an index file for every pack not yet indexed."""
+        """Write the open pack and an index file for every pack not yet indexed (after
+        waiting for packs other threads are still filling or writing)."""
         with self._lock:
-            writer, self._writer = self._writer, PackWriter(self.crypto)
-        if writer.entries:
-            self._store_pack(writer)
+            writer = self._writer
+            ready = self._close_locked(writer) if writer is not None else None
+        if ready is not None:
+            self._store_pack(ready)
         with self._lock:
+            self._settled.wait_for(lambda: self._filling == 0)
             rest, self._unindexed = self._unindexed, {}
         if rest:
             with self._index_lock:
                 self._write_index(rest)
+
+    def release_buffers(self) -> None:
+        """Unmap the spare pack buffers (after a backup; they are rebuilt on demand)."""
+        with self._lock:
+            spare, self._spare = self._spare, []
+        for buf in spare:
+            buf.close()
 
     def load_blob(self, blob_id: bytes) -> bytes:
         loc = self.index.get(blob_id)
         if loc is None:
             raise DamagedObjectError(f"blob {blob_id.hex()} is not in the index", blob_id.hex())
         name = pack_name(loc.pack_id)
+        direct = getattr(self.storage, "read_range_direct", None)
+        sealed: bytes | memoryview
         try:
-            sealed = self.storage.read_range(name, loc.entry.offset, loc.entry.length)
+            if direct is not None and loc.entry.length >= _DIRECT_READ_MIN:
+                buf = getattr(self._tls, "buf", None)
+                if buf is None:
+                    buf = self._tls.buf = AlignedBuffer(loc.entry.length + 8192)
+                sealed = direct(name, loc.entry.offset, loc.entry.length, buf)
+            else:
+                sealed = self.storage.read_range(name, loc.entry.offset, loc.entry.length)
         except FileNotFoundError:
             raise DamagedObjectError(f"{name}: pack missing (needed for blob "
                                      f"{blob_id.hex()})", name) from None
