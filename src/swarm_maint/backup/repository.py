@@ -287,7 +287,7 @@ class Repository:
                     self._write_index(write_now)
         finally:
             with self._lock:
-                if len(self._spare) < 2:
+                if len(self._spare) < 1:
                     self._spare.append(writer.buf)
                 else:
                     writer.buf.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Annotated
 
@@ -9,36 +10,60 @@ import typer
 
 from .. import __version__
 from ..errors import SwarmMaintError
-from . import (
-    agent_cmd,
-    alerts_cmd,
-    backup_cmd,
-    config_cmd,
-    config_snapshot_cmd,
-    health_cmd,
-    jobs_cmd,
-    service_cmd,
-    status_cmd,
-    update_cmd,
-)
 
-app = typer.Typer(
-    name="swarm-maint",
-    help="Maintenance agent of Swarm GPU nodes.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-app.command("agent")(agent_cmd.agent)
-app.command("status")(status_cmd.status)
-app.add_typer(config_cmd.app, name="config")
-app.add_typer(backup_cmd.app, name="backup")
-app.add_typer(config_snapshot_cmd.app, name="config-snapshot")
-app.add_typer(health_cmd.app, name="health")
-app.add_typer(alerts_cmd.app, name="alerts")
-app.add_typer(update_cmd.app, name="update")
-app.add_typer(jobs_cmd.app, name="jobs")
-app.add_typer(service_cmd.app, name="service")
+# command name -> (module, attribute, is a group); a module is imported only when its
+# command runs (or for help), so `backup run` does not pay for the agent, alerts, health
+# and update code at every start
+_COMMANDS: dict[str, tuple[str, str, bool]] = {
+    "agent": ("agent_cmd", "agent", False),
+    "status": ("status_cmd", "status", False),
+    "config": ("config_cmd", "app", True),
+    "backup": ("backup_cmd", "app", True),
+    "config-snapshot": ("config_snapshot_cmd", "app", True),
+    "health": ("health_cmd", "app", True),
+    "alerts": ("alerts_cmd", "app", True),
+    "update": ("update_cmd", "app", True),
+    "jobs": ("jobs_cmd", "app", True),
+    "service": ("service_cmd", "app", True),
+}
+
+
+def build_app(only: str | None = None) -> typer.Typer:
+    """The CLI with every command, or with just ``only`` (what one invocation needs)."""
+    cli = typer.Typer(
+        name="swarm-maint",
+        help="Maintenance agent of Swarm GPU nodes.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    for name, (module, attr, group) in _COMMANDS.items():
+        if only is not None and name != only:
+            continue
+        obj = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+        if group:
+            cli.add_typer(obj, name=name)
+        else:
+            cli.command(name)(obj)
+    cli.callback()(_root)
+    return cli
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The command an argument list invokes, when it is a known one."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in _COMMANDS else None
+        if arg in ("--help", "-h"):
+            return None
+    return None
+
+
+def __getattr__(name: str) -> typer.Typer:
+    if name == "app":  # the complete CLI, for introspection
+        return build_app()
+    raise AttributeError(name)
+
 
 _debug = False
 
@@ -49,7 +74,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     version: Annotated[
@@ -63,7 +87,8 @@ def _root(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line on stderr and the error's exit code for every SwarmMaintError."""
     try:
-        rv = app(args=argv, standalone_mode=False)
+        args = sys.argv[1:] if argv is None else argv
+        rv = build_app(_command_name(args))(args=args, standalone_mode=False)
     except SwarmMaintError as exc:
         if _debug:
             raise
