@@ -905,6 +905,7 @@ def disk_ceilings(c: Ceilings, where: Path, buf: bytearray) -> None:
                         or DISK_FILE)
     aligned[:] = bytes(buf[:len(aligned)]).ljust(len(aligned), b"\0")
     rbuf = mmap.mmap(-1, DISK_FILE)
+    aligned_view, rview, buf_view = memoryview(aligned), memoryview(rbuf), memoryview(buf)
     best = {"write": math.inf, "read": math.inf, "write_direct": math.inf,
             "read_direct": math.inf}
     try:
@@ -912,15 +913,16 @@ def disk_ceilings(c: Ceilings, where: Path, buf: bytearray) -> None:
             for direct in (False, True):
                 where.mkdir(parents=True)
                 names = [where / f"pack-{i:04d}" for i in range(n)]
-                source = memoryview(aligned) if direct else memoryview(buf)
-                w = _write_packs(where, names, source, direct)
+                w = _write_packs(where, names, aligned_view if direct else buf_view, direct)
                 _evict(c, names)
-                r = _read_packs(names, memoryview(rbuf), direct)
+                r = _read_packs(names, rview, direct)
                 key = "_direct" if direct else ""
                 best["write" + key] = min(best["write" + key], w)
                 best["read" + key] = min(best["read" + key], r)
                 shutil.rmtree(where)
     finally:
+        for v in (aligned_view, rview, buf_view):
+            v.release()
         aligned.close()
         rbuf.close()
     c.write = mib_s(DISK_TOTAL, best["write"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import getpass
 import os
 import sys
@@ -156,6 +157,20 @@ class _Bar:
         Console(stderr=True).print(f"[yellow]warning[/]: {path}: {msg}", highlight=False)
 
 
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """A backup or restore allocates hundreds of thousands of objects that live until it
+    ends and form no cycles: the cyclic collector would only walk them again and again
+    (3-5 % of a small-file backup). Reference counting still frees everything."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -210,7 +225,7 @@ def run(
         r.recover_unindexed_packs()
         cache = FilesCache(cache_path)
         try:
-            with _Bar(not json_out, "backup") as bar:
+            with _Bar(not json_out, "backup") as bar, _no_cyclic_gc():
                 res = run_backup(r, [str(Path(p).absolute()) for p in paths], tags=tag or [],
                                  excludes=exclude or [], one_file_system=one_file_system,
                                  files_cache=cache, progress=bar)
@@ -296,7 +311,7 @@ def restore(
     _cfg, r = _config_and_repo(config, repo, password_file)
     sid, _ = find_snapshot(r, snapshot)
     t0 = time.monotonic()
-    with _locked(r, exclusive=False), _Bar(not json_out, "restore") as bar:
+    with _locked(r, exclusive=False), _Bar(not json_out, "restore") as bar, _no_cyclic_gc():
         res = do_restore(r, sid, str(target), includes=include or [], progress=bar)
     out = {"snapshot": sid, "files": res.files, "dirs": res.dirs, "bytes": res.bytes,
            "seconds": round(time.monotonic() - t0, 3),
