@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UsageError
-from .common import ConfigOption, JsonOption, effective_config, print_json, state_store
+from .common import ConfigOption, JsonOption, check_config, node_state, print_json, state_store
 
 app = typer.Typer(help="Deduplicated, encrypted backups.", no_args_is_help=True)
 key_app = typer.Typer(help="Passwords that open a repository.", no_args_is_help=True)
@@ -65,21 +65,25 @@ def _open_with(repo: str, password: str) -> Any:
     return Repository.open(open_storage(repo), password)
 
 
-def _config_and_repo(config: Path | None, repo: str,
-                     password_file: Path | None) -> tuple[Any, Any]:
-    """(config, open repository): the config is validated while another thread derives
-    the key (scrypt releases the GIL), which saves most of the 0.1 s it takes."""
+def _state_and_repo(config: Path | None, repo: str, password_file: Path | None,
+                    *imports: str) -> tuple[tuple[Path, float], Any]:
+    """((state directory, lease ttl), open repository): the config is checked and the
+    modules named in ``imports`` are loaded while another thread derives the key (scrypt
+    releases the GIL), which hides most of the 0.1 s it takes."""
+    import importlib
     from concurrent.futures import ThreadPoolExecutor
 
     try:
         password = read_password(password_file)
     except UsageError:
-        effective_config(config)  # a bad config is reported first
+        check_config(config)  # a bad config is reported first
         raise
     with ThreadPoolExecutor(1, thread_name_prefix="open-repo") as pool:
         opened = pool.submit(_open_with, repo, password)
-        cfg = effective_config(config)
-        return cfg, opened.result()
+        state = node_state(config)
+        for name in imports:
+            importlib.import_module(name, __package__)
+        return state, opened.result()
 
 
 @contextlib.contextmanager
@@ -94,15 +98,16 @@ def _locked(repo: Any, exclusive: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _maintenance_lease(cfg: Any, owner: str, *, skip: bool) -> Iterator[None]:
+def _maintenance_lease(state: tuple[Path, float], owner: str, *,
+                       skip: bool) -> Iterator[None]:
     if skip:
         yield
         return
     from ..clock import SystemClock
     from ..schedule.lease import Lease
 
-    with state_store(cfg) as store, \
-            Lease(store, SystemClock(), cfg.schedule.lease_ttl).hold(owner):
+    state_dir, ttl = state
+    with state_store(state_dir) as store, Lease(store, SystemClock(), ttl).hold(owner):
         yield
 
 
@@ -179,7 +184,7 @@ def _when(ts: float) -> str:
 def init(repo: RepoOption, password_file: PasswordFileOption = None,
          json_out: JsonOption = False, config: ConfigOption = None) -> None:
     """Create a new, empty, encrypted repository."""
-    effective_config(config)  # a bad --config is an error here too
+    check_config(config)  # a bad --config is an error here too
     from ..backup.repository import Repository
     from ..backup.storage import open_storage
 
@@ -210,17 +215,18 @@ def run(
 
     Takes the node's maintenance lease like the scheduled jobs (exit 31 while an update,
     a scheduled backup or an active diagnostic holds it), unless --no-lease."""
-    from ..backup.backup import run_backup
-    from ..backup.files_cache import FilesCache
     from ..backup.memory import limit_heap_growth
 
     limit_heap_growth()  # backup only: restore reuses nothing big and runs faster without it
-    cfg, r = _config_and_repo(config, repo, password_file)
+    state, r = _state_and_repo(config, repo, password_file, "..backup.backup",
+                               "..backup.files_cache", "..schedule.lease")
+    from ..backup.backup import run_backup
+    from ..backup.files_cache import FilesCache
     missing = [str(p) for p in paths if not os.path.lexists(p)]
     if missing:
         raise UsageError(f"no such file or directory: {', '.join(missing)}")
-    cache_path = cfg.agent.resolved_state_dir() / "cache" / r.id[:32] / "files.db"
-    with _maintenance_lease(cfg, "cli: backup run", skip=no_lease), \
+    cache_path = state[0] / "cache" / r.id[:32] / "files.db"
+    with _maintenance_lease(state, "cli: backup run", skip=no_lease), \
             _locked(r, exclusive=False):
         r.recover_unindexed_packs()
         cache = FilesCache(cache_path)
@@ -239,8 +245,8 @@ def run(
     else:
         for e in res.errors:
             typer.echo(f"warning: {e['path']}: {e['error']}", err=True)
-        state = " (PARTIAL: some files could not be read)" if res.partial else ""
-        typer.echo(f"snapshot {res.snapshot_id[:16]} saved{state}: {res.files} files, "
+        partial = " (PARTIAL: some files could not be read)" if res.partial else ""
+        typer.echo(f"snapshot {res.snapshot_id[:16]} saved{partial}: {res.files} files, "
                    f"{res.bytes / 2**20:.1f} MiB, {res.added_bytes / 2**20:.1f} MiB added "
                    f"in {res.seconds:.1f} s")
     if res.partial:
@@ -251,7 +257,7 @@ def run(
 def snapshots(repo: RepoOption, password_file: PasswordFileOption = None,
               json_out: JsonOption = False, config: ConfigOption = None) -> None:
     """List the snapshots, oldest first."""
-    effective_config(config)  # a bad --config is an error here too
+    check_config(config)  # a bad --config is an error here too
     from ..backup.snapshots import list_snapshots
 
     r = _open(repo, password_file)
@@ -279,7 +285,7 @@ def ls(snapshot: Annotated[str, typer.Argument(help="Snapshot id, prefix or 'lat
        repo: RepoOption, password_file: PasswordFileOption = None,
        json_out: JsonOption = False, config: ConfigOption = None) -> None:
     """List the files of a snapshot."""
-    effective_config(config)  # a bad --config is an error here too
+    check_config(config)  # a bad --config is an error here too
     from ..backup.snapshots import list_files
 
     r = _open(repo, password_file)
@@ -308,7 +314,7 @@ def restore(
     from ..backup.restore import restore as do_restore
     from ..backup.snapshots import find_snapshot
 
-    _cfg, r = _config_and_repo(config, repo, password_file)
+    _state, r = _state_and_repo(config, repo, password_file)
     sid, _ = find_snapshot(r, snapshot)
     t0 = time.monotonic()
     with _locked(r, exclusive=False), _Bar(not json_out, "restore") as bar, _no_cyclic_gc():
@@ -331,7 +337,7 @@ def restore(
 def diff(a: str, b: str, repo: RepoOption, password_file: PasswordFileOption = None,
          json_out: JsonOption = False, config: ConfigOption = None) -> None:
     """What changed from snapshot A to snapshot B (+ added, - removed, M modified)."""
-    effective_config(config)  # a bad --config is an error here too
+    check_config(config)  # a bad --config is an error here too
     from ..backup.snapshots import diff_snapshots
 
     r = _open(repo, password_file)
@@ -355,7 +361,7 @@ def verify(
     config: ConfigOption = None,
 ) -> None:
     """Check structure and index; with --read-data also every byte. Non-zero when damaged."""
-    effective_config(config)  # a bad --config is an error here too
+    check_config(config)  # a bad --config is an error here too
     from ..backup.verify import verify as do_verify
 
     if read_data_subset is not None and not 0 < read_data_subset <= 100:
@@ -391,7 +397,7 @@ def forget(
     config: ConfigOption = None,
 ) -> None:
     """Remove snapshots outside the keep policy; --prune also frees their space."""
-    effective_config(config)  # a bad --config is an error here too
+    check_config(config)  # a bad --config is an error here too
     from ..backup.prune import prune as do_prune
     from ..backup.retention import forget as do_forget
 
@@ -418,7 +424,7 @@ def prune(repo: RepoOption, dry_run: Annotated[bool, typer.Option("--dry-run")] 
           password_file: PasswordFileOption = None, json_out: JsonOption = False,
           config: ConfigOption = None) -> None:
     """Delete data no snapshot uses; repack packs that are mostly garbage."""
-    effective_config(config)  # a bad --config is an error here too
+    check_config(config)  # a bad --config is an error here too
     from ..backup.prune import prune as do_prune
 
     r = _open(repo, password_file)
@@ -435,7 +441,7 @@ def unlock(repo: RepoOption, remove_all: Annotated[bool, typer.Option(
     "--remove-all", help="Also remove locks that look alive.")] = False,
            config: ConfigOption = None) -> None:
     """Remove stale locks (dead process on this host, or expired)."""
-    effective_config(config)  # a bad --config is an error here too
+    check_config(config)  # a bad --config is an error here too
     from ..backup.locks import remove_all_locks, remove_stale_locks
     from ..backup.storage import open_storage
 
@@ -449,7 +455,7 @@ def key_add(repo: RepoOption, new_password_file: Annotated[Path, typer.Option(
     "--new-password-file", help="File holding the new password.", dir_okay=False)],
             password_file: PasswordFileOption = None, config: ConfigOption = None) -> None:
     """Let another password open the repository."""
-    effective_config(config)  # a bad --config is an error here too
+    check_config(config)  # a bad --config is an error here too
     r = _open(repo, password_file)
     name = r.add_password(read_password(new_password_file))
     typer.echo(f"added {name}")

@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..config import Config, load_config
-
 if TYPE_CHECKING:
+    from ..config import Config
     from ..store import Store
 
-__all__ = ["ConfigOption", "JsonOption", "config_path", "effective_config", "print_json",
-           "state_store"]
+__all__ = ["ConfigOption", "JsonOption", "check_config", "config_path", "effective_config",
+           "node_state", "print_json", "state_store"]
 
 ConfigOption = Annotated[
     Path | None,
@@ -43,15 +42,37 @@ def config_path(path: Path | None) -> Path | None:
 
 
 def effective_config(path: Path | None) -> Config:
+    from ..config import load_config
+
     return load_config(config_path(path))
 
 
+def check_config(path: Path | None) -> None:
+    """Validate the config file in effect, if any (the embedded defaults are valid by
+    construction, and skipping them spares the config models' import)."""
+    if config_path(path) is not None:
+        effective_config(path)
+
+
+def node_state(path: Path | None) -> tuple[Path, float]:
+    """(state directory, maintenance lease ttl) of the config in effect; with no config
+    file, straight from the embedded defaults without loading the config models."""
+    if config_path(path) is None:
+        from ..defaults import LEASE_TTL, default_state_dir
+
+        return default_state_dir(), LEASE_TTL
+    cfg = effective_config(path)
+    return cfg.agent.resolved_state_dir(), cfg.schedule.lease_ttl
+
+
 @contextmanager
-def state_store(cfg: Config) -> Iterator[Store]:
-    """The node's state database (the one the agent uses), closed after the block."""
+def state_store(cfg: Config | Path) -> Iterator[Store]:
+    """The node's state database (the one the agent uses), closed after the block;
+    ``cfg`` is the config or the state directory."""
     from ..store import Store
 
-    store = Store(cfg.agent.resolved_state_dir() / "state.db")
+    state_dir = cfg if isinstance(cfg, Path) else cfg.agent.resolved_state_dir()
+    store = Store(state_dir / "state.db")
     try:
         yield store
     finally:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
+from ..defaults import default_state_dir
 from ..durations import format_duration, parse_duration
 
 __all__ = ["Duration", "default_state_dir", "parse_listen"]
@@ -32,12 +31,6 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str),
 ]
 """Seconds in Python, a string like ``"5m"`` in TOML."""
-
-
-def default_state_dir() -> Path:
-    """$XDG_STATE_HOME/swarm-maint, else ~/.local/state/swarm-maint."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "swarm-maint"
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
+from ..defaults import LEASE_TTL
 from .base import Duration, _Section
 
 __all__ = ["BUILTIN_JOBS", "JobOverride", "ScheduleConfig", "WindowConfig", "check_cron_field",
@@ -68,7 +69,7 @@ class ScheduleConfig(_Section):
                          "same slot.")
     retry_backoff: Duration = Field(60.0, description="Wait before the first retry; doubles "
                                     "each time.")
-    lease_ttl: Duration = Field(120.0, description="A maintenance lease not renewed for this "
+    lease_ttl: Duration = Field(LEASE_TTL, description="A maintenance lease not renewed for this "
                                 "long (its holder died) is free again.")
     lease_wait: Duration = Field(21600.0, description="A due run that cannot get the lease "
                                  "for this long is recorded as missed.")
