@@ -111,6 +111,9 @@ def main() -> int:
     run = JobRun(action, "child", 1, threading.Event())
     try:
         if action == "backup":
+            from ..backup.memory import limit_heap_growth
+
+            limit_heap_growth()  # this process does nothing else: tune its heap for it
             job = next(j for j in cfg.backup.jobs if j.name == request["job"])
             outcome = backup_job(cfg, job, run)
         elif action == "verify":
