@@ -42,6 +42,7 @@ __all__ = ["RestoreResult", "restore"]
 # direct I/O (see direct_io): restored data does not need a trip through the page cache
 _DIRECT_MIN = 1 << 20
 _STAGE = 4 << 20
+_GROUP_FILES = 64
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -327,6 +328,16 @@ class _Restore:
             self.bytes += written
         return written
 
+    def restore_group(self, group: list[_Item]) -> list[int | OSError | DamagedObjectError]:
+        """Restore files one after the other; (bytes written or the error) for each."""
+        out: list[int | OSError | DamagedObjectError] = []
+        for item in group:
+            try:
+                out.append(self.restore_file(item))
+            except (OSError, DamagedObjectError) as exc:
+                out.append(exc)
+        return out
+
     def restore_special(self, item: _Item) -> None:
         """A symlink or a FIFO, created under a temporary name and renamed into place."""
         node = item.node
@@ -377,6 +388,24 @@ class _Restore:
                 os.close(pfd)
         finally:
             os.close(lfd)
+
+
+def _groups(files: list[_Item]) -> list[list[_Item]]:
+    """Small files in runs of one directory (one thread creates them: threads creating
+    files in the same directory contend on its lock), large files alone."""
+    groups: list[list[_Item]] = []
+    run: list[_Item] = []
+    for f in files:
+        if f.node["size"] >= _DIRECT_MIN:
+            groups.append([f])
+            continue
+        if run and (run[0].comps[:-1] != f.comps[:-1] or len(run) >= _GROUP_FILES):
+            groups.append(run)
+            run = []
+        run.append(f)
+    if run:
+        groups.append(run)
+    return groups
 
 
 def restore(
@@ -431,15 +460,15 @@ def restore(
         # chunk reads wait on the disk (direct I/O has no readahead): more of them than cores
         r.chunk_pool = ThreadPoolExecutor(2 * nworkers, thread_name_prefix="restore-chunk")
         try:
-            futures = [(f, file_pool.submit(r.restore_file, f)) for f in primary]
-            for f, fut in futures:
-                try:
-                    fut.result()
-                except (OSError, DamagedObjectError) as exc:
-                    r.error(f.path, f"cannot restore file: {_describe(exc)}")
-                    continue
-                done.add(id(f))
-                count += 1
+            futures = [(group, file_pool.submit(r.restore_group, group))
+                       for group in _groups(primary)]
+            for group, fut in futures:
+                for f, outcome in zip(group, fut.result(), strict=True):
+                    if isinstance(outcome, BaseException):
+                        r.error(f.path, f"cannot restore file: {_describe(outcome)}")
+                        continue
+                    done.add(id(f))
+                    count += 1
             # hard links to a file restored above; if that failed, restore a full copy
             for f, lead in followers:
                 try:

@@ -60,8 +60,11 @@ class LocalStorage:
         return self._path(name).read_bytes()
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
-        with open(self._path(name), "rb") as f:
-            return os.pread(f.fileno(), length, offset)
+        fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
 
     def read_range_direct(self, name: str, offset: int, length: int,
                           buf: AlignedBuffer) -> memoryview:
