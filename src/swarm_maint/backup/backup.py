@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Protocol
 from .. import __version__
 from ..clock import Clock, SystemClock
 from .chunking import buffer_size, cut_fd
-from .direct_io import AlignedBuffer
+from .direct_io import ThreadBuffers
 from .files_cache import CacheEntry, FilesCache
 from .packs import DATA
 from .repository import Repository
@@ -196,7 +196,7 @@ class _Backup:
         self._sem = threading.BoundedSemaphore(2 * self.workers)
         self.small = repo.chunker_params.max_size
         self.blob_pool: ThreadPoolExecutor | None = None
-        self._buffers: list[AlignedBuffer] = []
+        self.read_buffers = ThreadBuffers(buffer_size(self.small))
 
     def error(self, path: str, msg: str) -> None:
         self.errors.append({"path": path, "error": msg})
@@ -357,14 +357,6 @@ class _Backup:
             self.files_read += 1
             self.bytes_read += n
 
-    def _read_buffer(self) -> AlignedBuffer:
-        buf: AlignedBuffer | None = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = AlignedBuffer(buffer_size(self.small))
-            with self._stats_lock:
-                self._buffers.append(buf)
-        return buf
-
     def _stream(self, f: BinaryIO) -> tuple[list[bytes], int]:
         """Chunks of a large file, read directly into this thread's buffer; each chunk
         is copied out and hashed, compressed and encrypted by the blob pool."""
@@ -372,7 +364,7 @@ class _Backup:
         futures: list[Future[bytes]] = []
         total = 0
         failure: _ReadError | None = None
-        it = cut_fd(self._chunker(), f.fileno(), self._read_buffer(), self.small)
+        it = cut_fd(self._chunker(), f.fileno(), self.read_buffers.get(), self.small)
         try:
             while True:
                 try:
@@ -397,11 +389,6 @@ class _Backup:
             raise failure
         self._count(total)
         return ids, total
-
-    def release_buffers(self) -> None:
-        for buf in self._buffers:
-            buf.close()
-        self._buffers.clear()
 
 
 def _batches(files: list[_Entry], small: int) -> Iterator[list[_Entry]]:
@@ -496,7 +483,7 @@ def run_backup(
     finally:
         file_pool.shutdown(wait=True, cancel_futures=True)
         b.blob_pool.shutdown(wait=True, cancel_futures=True)
-        b.release_buffers()
+        b.read_buffers.close()
     for e, lead in followers:
         if id(lead) in failed:
             b.error(e.path, "skipped: its hard-linked twin could not be read")

@@ -11,12 +11,11 @@ chunker, so both cut a file at the same places and repositories stay deduplicate
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Generator
 
 from pyfastcdc import FastCDC
 
-from .direct_io import AlignedBuffer, address_of, align_up, read_direct_into, set_direct
+from .direct_io import AlignedBuffer, align_up, read_direct_into, set_direct
 
 __all__ = ["READ_SIZE", "buffer_size", "cut_fd"]
 
@@ -37,8 +36,6 @@ def cut_fd(chunker: FastCDC, fd: int, buf: AlignedBuffer, max_size: int,
     if buf.capacity < head + read_size or read_size % 4096:
         raise ValueError("buffer too small or read size unaligned")
     view = buf.view
-    base = address_of(view)
-    assert base is not None  # an anonymous mapping is writable
     start = end = head
     eof = False
     set_direct(fd, True)  # where refused, the same reads go through the page cache
@@ -46,7 +43,8 @@ def cut_fd(chunker: FastCDC, fd: int, buf: AlignedBuffer, max_size: int,
         while True:
             rem = end - start
             if rem and start != head - rem:
-                ctypes.memmove(base + head - rem, base + start, rem)  # < max_size, in place
+                # < max_size, in place (memoryview assignment copies like memmove)
+                view[head - rem:head] = view[start:end]
             start = head - rem
             with view[head:head + read_size] as dest:
                 n = read_direct_into(fd, dest)

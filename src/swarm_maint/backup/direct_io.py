@@ -19,10 +19,12 @@ import errno
 import fcntl
 import mmap
 import os
+import threading
 
 __all__ = [
     "ALIGN",
     "AlignedBuffer",
+    "ThreadBuffers",
     "address_of",
     "align_up",
     "pwrite_all",
@@ -84,6 +86,31 @@ class AlignedBuffer:
     def close(self) -> None:
         self.view.release()
         self._map.close()
+
+
+class ThreadBuffers:
+    """One ``AlignedBuffer`` per thread, created on first use and all unmapped by
+    ``close`` once the threads are done (their pages stay mapped between uses)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._local = threading.local()
+        self._all: list[AlignedBuffer] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> AlignedBuffer:
+        buf: AlignedBuffer | None = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = AlignedBuffer(self._capacity)
+            with self._lock:
+                self._all.append(buf)
+        return buf
+
+    def close(self) -> None:
+        with self._lock:
+            bufs, self._all = self._all, []
+        for buf in bufs:
+            buf.close()
 
 
 def set_direct(fd: int, on: bool) -> bool:

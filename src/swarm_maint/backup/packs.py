@@ -35,6 +35,7 @@ __all__ = [
     "blob_aad",
     "compress_if_worth_it",
     "decode_blob",
+    "pack_buffer_size",
     "pack_name",
     "parse_header",
     "read_header",
@@ -89,6 +90,11 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     if comp is None:
         comp = cache[level] = zstandard.ZstdCompressor(level=level)
     return comp
+
+
+def pack_buffer_size(first_blob: int) -> int:
+    """Capacity of a pack buffer whose first blob is ``first_blob`` sealed bytes."""
+    return max(PACK_BUFFER, first_blob + _HEADER_ROOM)
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:

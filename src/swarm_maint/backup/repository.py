@@ -30,12 +30,12 @@ from .errors import (
 )
 from .index import Index, decode_index, encode_index, index_name
 from .packs import (
-    PACK_BUFFER,
     PACK_TARGET,
     PackEntry,
     PackWriter,
     compress_if_worth_it,
     decode_blob,
+    pack_buffer_size,
     pack_name,
 )
 from .packs import read_header as read_pack_header
@@ -236,9 +236,7 @@ class Repository:
             offset = writer.reserve(length)
             self.bytes_added += length
             if len(writer) >= PACK_TARGET:
-                self._writer = None
-                if self._close_locked(writer) is not None:
-                    raise AssertionError("a pack with a reservation cannot be ready")
+                self._close_locked(writer)  # busy: whoever fills it last stores it
         if closed is not None:
             self._store_pack(closed)
         try:
@@ -252,9 +250,10 @@ class Repository:
         return bid, length
 
     def _new_writer_locked(self, length: int) -> PackWriter:
+        need = pack_buffer_size(length)
         buf = self._spare.pop() if self._spare else None
-        if buf is None or buf.capacity < length + (2 << 20):
-            buf = AlignedBuffer(max(PACK_BUFFER, length + (2 << 20)))
+        if buf is None or buf.capacity < need:
+            buf = AlignedBuffer(need)
         self._filling += 1
         return PackWriter(self.crypto, buf)
 

@@ -17,7 +17,6 @@ last, children before parents.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fnmatch
 import os
@@ -27,10 +26,9 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from .backup import NullProgress, Progress
-from .direct_io import ALIGN, AlignedBuffer, address_of, pwrite_all
+from .direct_io import ALIGN, ThreadBuffers, pwrite_all
 from .errors import DamagedObjectError
 from .repository import Repository
 from .snapshots import find_snapshot
@@ -104,15 +102,8 @@ class _Restore:
         self.as_root = os.geteuid() == 0
         self.chunk_pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
-        self._local = threading.local()
-        self._buffers: list[AlignedBuffer] = []
-        self._dir_locals: list[dict[str, Any]] = []
+        self.staging = ThreadBuffers(_STAGE + repo.chunker_params.max_size)
         self.bytes = 0
-
-    def release_buffers(self) -> None:
-        for buf in self._buffers:
-            buf.close()
-        self._buffers.clear()
 
     def error(self, path: str, msg: str) -> None:
         self.errors.append({"path": path, "error": msg})
@@ -215,23 +206,13 @@ class _Restore:
             return total
         return self._write_staged(fd, ids)
 
-    def _staging(self) -> AlignedBuffer:
-        buf: AlignedBuffer | None = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = AlignedBuffer(_STAGE + self.repo.chunker_params.max_size)
-            with self._lock:
-                self._buffers.append(buf)
-        return buf
-
     def _write_staged(self, fd: int, ids: list[bytes]) -> int:
         """Chunks decoded by the pool a few ahead, taken in order into this thread's
         aligned buffer and written with direct I/O every ``_STAGE`` bytes."""
         assert self.chunk_pool is not None
         pool = self.chunk_pool
-        buf = self._staging()
+        buf = self.staging.get()
         buf.n = 0
-        base = address_of(buf.view)
-        assert base is not None
         pos = 0  # file offset of the buffer's first byte
         todo = iter(ids)
         ahead: deque[Future[bytes]] = deque()
@@ -254,11 +235,9 @@ class _Restore:
                     whole = buf.n & ~(ALIGN - 1)
                     with buf.view[:whole] as out:
                         pwrite_all(fd, out, pos)
-                    ctypes.memmove(base, base + whole, buf.n - whole)
+                    buf.view[:buf.n - whole] = buf.view[whole:buf.n]  # < ALIGN bytes
                     pos += whole
                     buf.n -= whole
-                    base = address_of(buf.view)  # append may have grown the buffer
-                    assert base is not None
             with buf.view[:buf.n] as out:
                 pwrite_all(fd, out, pos)  # the aligned part directly, the tail buffered
             return pos + buf.n
@@ -275,38 +254,16 @@ class _Restore:
         os.fchmod(fd, node["mode"])
         os.utime(fd, ns=(node["mtime_ns"], node["mtime_ns"]))
 
-    def _parent_fd(self, comps: tuple[str, ...]) -> int:
-        """This thread's descriptor of the directory ``comps``, kept while it restores
-        files of the same directory (files come in tree order, mostly several per
-        directory): one walk per directory instead of one per file."""
-        cached: tuple[tuple[str, ...], int] | None = getattr(self._local, "dir", None)
-        if cached is not None:
-            if cached[0] == comps:
-                return cached[1]
-            self._local.dir = None
-            os.close(cached[1])
-        elif not getattr(self._local, "registered", False):
-            self._local.registered = True
-            with self._lock:
-                self._dir_locals.append(self._local.__dict__)
-        fd = _open_dir(self.root_fd, comps)
-        self._local.dir = (comps, fd)
-        return fd
-
-    def close_dirs(self) -> None:
-        """Close the directory descriptors the threads kept (after the pools ended)."""
-        for d in self._dir_locals:
-            cached = d.get("dir")
-            if cached is not None:
-                d["dir"] = None
-                with contextlib.suppress(OSError):
-                    os.close(cached[1])
-        self._dir_locals.clear()
-
-    def restore_file(self, item: _Item) -> int:
+    def restore_file(self, item: _Item, pfd: int | None = None) -> int:
+        """Restore one file; ``pfd``: its directory, already open (else opened here)."""
+        if pfd is None:
+            pfd = _open_dir(self.root_fd, item.comps[:-1])
+            try:
+                return self.restore_file(item, pfd)
+            finally:
+                os.close(pfd)
         self.progress.on_file(item.path)
         node = item.node
-        pfd = self._parent_fd(item.comps[:-1])
         tmp = _tmp_name()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600, dir_fd=pfd)
@@ -329,13 +286,21 @@ class _Restore:
         return written
 
     def restore_group(self, group: list[_Item]) -> list[int | OSError | DamagedObjectError]:
-        """Restore files one after the other; (bytes written or the error) for each."""
+        """Restore files of one directory one after the other, walking to the directory
+        once; (bytes written or the error) for each."""
+        try:
+            pfd = _open_dir(self.root_fd, group[0].comps[:-1])
+        except OSError as exc:
+            return [exc] * len(group)
         out: list[int | OSError | DamagedObjectError] = []
-        for item in group:
-            try:
-                out.append(self.restore_file(item))
-            except (OSError, DamagedObjectError) as exc:
-                out.append(exc)
+        try:
+            for item in group:
+                try:
+                    out.append(self.restore_file(item, pfd))
+                except (OSError, DamagedObjectError) as exc:
+                    out.append(exc)
+        finally:
+            os.close(pfd)
         return out
 
     def restore_special(self, item: _Item) -> None:
@@ -483,8 +448,7 @@ def restore(
         finally:
             file_pool.shutdown(wait=True, cancel_futures=True)
             r.chunk_pool.shutdown(wait=True, cancel_futures=True)
-            r.release_buffers()
-            r.close_dirs()
+            r.staging.close()
         for s in specials:
             try:
                 r.restore_special(s)
