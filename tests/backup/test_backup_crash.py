@@ -21,7 +21,7 @@ def make_dataset(root: Path, rng: random.Random) -> dict[str, str]:
     digests = {}
     for i in range(4):
         p = root / f"shard-{i}.safetensors"
-        p.write_bytes(rng.randbytes(12 << 20))
+        p.write_bytes(rng.randbytes(32 << 20))
     for i in range(300):
         p = root / "cfg" / f"{i % 7}" / f"file-{i}.json"
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -39,8 +39,14 @@ def test_kill_9_at_random_points(tmp_path: Path) -> None:
     repo = str(tmp_path / "repo")
     env = env_for(tmp_path)
     cli(tmp_path, "backup", "init", "--repo", repo)
+    # the kills land inside the time an uncut backup of this data takes on this machine
+    scratch = str(tmp_path / "scratch")
+    cli(tmp_path, "backup", "init", "--repo", scratch)
+    t0 = time.monotonic()
+    cli(tmp_path, "backup", "run", "--repo", scratch, str(data))
+    full = time.monotonic() - t0
     killed = 0
-    for delay in sorted(rng.uniform(0.3, 3.0) for _ in range(5)):
+    for delay in sorted(rng.uniform(0.1, 0.9) * full for _ in range(5)):
         proc = subprocess.Popen([*CLI, "backup", "run", "--repo", repo, str(data)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)

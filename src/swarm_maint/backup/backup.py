@@ -39,6 +39,7 @@ __all__ = [
     "BackupResult",
     "NullProgress",
     "Progress",
+    "Scan",
     "is_excluded",
     "normalize_paths",
     "run_backup",
@@ -178,31 +179,26 @@ def _read_upto(f: BinaryIO, limit: int) -> tuple[bytes, bool]:
     return bytes(buf), False
 
 
-class _Backup:
-    def __init__(self, repo: Repository, *, excludes: Sequence[str], one_file_system: bool,
-                 progress: Progress, workers: int) -> None:
-        self.repo = repo
+class Scan:
+    """The tree to back up, as ``os.scandir`` + lstat saw it: entries, the regular files,
+    and what could not be read. Needs no repository, so the CLI runs it while the key is
+    being derived."""
+
+    def __init__(self, paths: Iterable[str | bytes | os.PathLike[str]], *,
+                 excludes: Sequence[str] = (), one_file_system: bool = False,
+                 progress: Progress | None = None) -> None:
+        self.tops = normalize_paths(paths)
         self.excludes = list(excludes)
         self.one_fs = one_file_system
-        self.progress = progress
-        self.workers = max(1, workers)
+        self.progress: Progress = progress or NullProgress()
         self.errors: list[dict[str, str]] = []
         self.files: list[_Entry] = []
-        self._stats_lock = threading.Lock()
-        self.added = 0
-        self.bytes_read = 0
-        self.files_read = 0
-        self._local = threading.local()
-        self._sem = threading.BoundedSemaphore(2 * self.workers)
-        self.small = repo.chunker_params.max_size
-        self.blob_pool: ThreadPoolExecutor | None = None
-        self.read_buffers = ThreadBuffers(buffer_size(self.small))
+        self.started_ns = time.time_ns()
+        self.root = self.build_root(self.tops)
 
     def error(self, path: str, msg: str) -> None:
         self.errors.append({"path": path, "error": msg})
         self.progress.on_error(path, msg)
-
-    # -- scan -----------------------------------------------------------------------
 
     def _entry(self, name: str, path: str, st: os.stat_result) -> _Entry | None:
         kind = _kind(st.st_mode)
@@ -297,6 +293,29 @@ class _Backup:
             parent.children[comps[-1]] = entry
             self.scan(entry)
         return root
+
+
+class _Backup:
+    def __init__(self, repo: Repository, scanned: Scan, *, progress: Progress,
+                 workers: int) -> None:
+        self.repo = repo
+        self.scanned = scanned
+        self.progress = progress
+        self.workers = max(1, workers)
+        self.errors = scanned.errors
+        self.files = scanned.files
+        self._stats_lock = threading.Lock()
+        self.added = 0
+        self.bytes_read = 0
+        self.files_read = 0
+        self._local = threading.local()
+        self._sem = threading.BoundedSemaphore(2 * self.workers)
+        self.small = repo.chunker_params.max_size
+        self.blob_pool: ThreadPoolExecutor | None = None
+        self.read_buffers = ThreadBuffers(buffer_size(self.small))
+
+    def error(self, path: str, msg: str) -> None:
+        self.scanned.error(path, msg)
 
     # -- file content ---------------------------------------------------------------
 
@@ -410,7 +429,7 @@ def _batches(files: list[_Entry], small: int) -> Iterator[list[_Entry]]:
 
 def run_backup(
     repo: Repository,
-    paths: Iterable[str | bytes | os.PathLike[str]],
+    paths: Iterable[str | bytes | os.PathLike[str]] | Scan,
     *,
     tags: Sequence[str] = (),
     excludes: Sequence[str] = (),
@@ -422,22 +441,25 @@ def run_backup(
     clock: Clock | None = None,
     hostname: str | None = None,
 ) -> BackupResult:
-    """Back up ``paths`` and save a snapshot; see the module docstring."""
+    """Back up ``paths`` (or a Scan of them taken beforehand, whose excludes and
+    one_file_system then apply) and save a snapshot; see the module docstring."""
     clock = clock or SystemClock()
     started = clock.time()
     started_mono = clock.monotonic()
-    scan_start_ns = time.time_ns()
     prog: Progress = progress or NullProgress()
-    tops = normalize_paths(paths)
-    b = _Backup(repo, excludes=excludes, one_file_system=one_file_system, progress=prog,
-                workers=workers or os.cpu_count() or 1)
-    root = b.build_root(tops)
+    if isinstance(paths, Scan):
+        scanned = paths
+    else:
+        scanned = Scan(paths, excludes=excludes, one_file_system=one_file_system,
+                       progress=prog)
+    tops, root, scan_start_ns = scanned.tops, scanned.root, scanned.started_ns
+    excludes = scanned.excludes
+    b = _Backup(repo, scanned, progress=prog, workers=workers or os.cpu_count() or 1)
 
-    # files cache and hard links decide what must be read
-    reused: dict[int, list[bytes]] = {}
-    to_read: list[_Entry] = []
+    # hard links, then the files cache, decide what must be read
     leaders: dict[tuple[int, int], _Entry] = {}
     followers: list[tuple[_Entry, _Entry]] = []
+    candidates: list[_Entry] = []
     for e in b.files:
         if e.st.st_nlink > 1:
             key = (e.st.st_dev, e.st.st_ino)
@@ -446,12 +468,18 @@ def run_backup(
                 followers.append((e, lead))
                 continue
             leaders[key] = e
-        if files_cache is not None:
-            hit = files_cache.lookup(e.path, e.st, repo.index)
-            if hit is not None:
+        candidates.append(e)
+    reused: dict[int, list[bytes]] = {}
+    to_read: list[_Entry] = []
+    if files_cache is not None:
+        hits = files_cache.lookup_many([(e.path, e.st) for e in candidates], repo.index)
+        for e, hit in zip(candidates, hits, strict=True):
+            if hit is None:
+                to_read.append(e)
+            else:
                 reused[id(e)] = list(hit)
-                continue
-        to_read.append(e)
+    else:
+        to_read = candidates
 
     prog.on_start(len(b.files), sum(e.size for e in b.files))
     for e in b.files:

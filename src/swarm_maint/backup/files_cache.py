@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 __all__ = ["CacheEntry", "FilesCache"]
 
@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS files (
 ) WITHOUT ROWID
 """
 _ID = 32
+_QUERY_PATHS = 500  # paths per lookup query (SQLite allows 32766 parameters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,15 @@ class CacheEntry:
     def matches(self, st: os.stat_result) -> bool:
         return (self.size == st.st_size and self.mtime_ns == st.st_mtime_ns
                 and self.ctime_ns == st.st_ctime_ns and self.inode == st.st_ino)
+
+
+def _entry(row: Sequence[Any]) -> CacheEntry | None:
+    """(size, mtime_ns, ctime_ns, inode, content) as a CacheEntry; None when damaged."""
+    raw = bytes(row[4])
+    if len(raw) % _ID:
+        return None
+    ids = tuple(raw[i:i + _ID] for i in range(0, len(raw), _ID))
+    return CacheEntry(int(row[0]), int(row[1]), int(row[2]), int(row[3]), ids)
 
 
 class FilesCache:
@@ -75,13 +85,7 @@ class FilesCache:
                 "SELECT size, mtime_ns, ctime_ns, inode, content FROM files WHERE path = ?",
                 (os.fsencode(path),),
             ).fetchone()
-        if row is None:
-            return None
-        raw = bytes(row[4])
-        if len(raw) % _ID:
-            return None
-        ids = tuple(raw[i:i + _ID] for i in range(0, len(raw), _ID))
-        return CacheEntry(int(row[0]), int(row[1]), int(row[2]), int(row[3]), ids)
+        return None if row is None else _entry(row)
 
     def lookup(self, path: str, st: os.stat_result,
                known: Container[bytes]) -> tuple[bytes, ...] | None:
@@ -93,6 +97,31 @@ class FilesCache:
         if not all(c in known for c in entry.content):
             return None
         return entry.content
+
+    def lookup_many(self, files: Sequence[tuple[str, os.stat_result]],
+                    known: Container[bytes]) -> list[tuple[bytes, ...] | None]:
+        """``lookup`` of many files, in one query per ``_QUERY_PATHS`` of them (a query per
+        file cost 15 µs of a re-run's 30 µs per unchanged file)."""
+        out: list[tuple[bytes, ...] | None] = []
+        for start in range(0, len(files), _QUERY_PATHS):
+            part = files[start:start + _QUERY_PATHS]
+            keys = [os.fsencode(p) for p, _ in part]
+            marks = ",".join("?" * len(keys))
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT path, size, mtime_ns, ctime_ns, inode, content FROM files"
+                    f" WHERE path IN ({marks})", keys).fetchall()
+            found = {bytes(r[0]): r for r in rows}
+            for key, (_, st) in zip(keys, part, strict=True):
+                row = found.get(key)
+                entry = None if row is None else _entry(row[1:])
+                if entry is None or not entry.matches(st):
+                    out.append(None)
+                elif all(c in known for c in entry.content):
+                    out.append(entry.content)
+                else:
+                    out.append(None)
+        return out
 
     def update(self, entries: Iterable[tuple[str, CacheEntry]], now: float) -> None:
         """Write many entries in one transaction."""

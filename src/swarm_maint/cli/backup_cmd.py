@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import getpass
-import os
-import sys
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,7 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UsageError
-from .common import ConfigOption, JsonOption, check_config, node_state, print_json, state_store
+from .backup_ops import backup_restore, backup_run, locked, open_repo, read_password
+from .common import ConfigOption, JsonOption, check_config, print_json
 
 app = typer.Typer(help="Deduplicated, encrypted backups.", no_args_is_help=True)
 key_app = typer.Typer(help="Passwords that open a repository.", no_args_is_help=True)
@@ -30,150 +24,6 @@ PasswordFileOption = Annotated[
     typer.Option("--password-file", help="File whose first line is the password "
                  "(default: $SWARM_MAINT_PASSWORD).", dir_okay=False),
 ]
-
-
-def read_password(password_file: Path | None, *, confirm: bool = False) -> str:
-    if password_file is not None:
-        try:
-            text = password_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--password-file {password_file}: {exc.strerror}") from None
-        pw = text.splitlines()[0] if text else ""
-        if not pw:
-            raise UsageError(f"--password-file {password_file}: the file is empty")
-        return pw
-    env = os.environ.get("SWARM_MAINT_PASSWORD")
-    if env:
-        return env
-    if sys.stdin.isatty():
-        pw = getpass.getpass("repository password: ")
-        if confirm and getpass.getpass("again: ") != pw:
-            raise UsageError("the passwords differ")
-        if pw:
-            return pw
-    raise UsageError("no password: set SWARM_MAINT_PASSWORD or give --password-file")
-
-
-def _open(repo: str, password_file: Path | None) -> Any:
-    return _open_with(repo, read_password(password_file))
-
-
-def _open_with(repo: str, password: str) -> Any:
-    from ..backup.repository import Repository
-    from ..backup.storage import open_storage
-
-    return Repository.open(open_storage(repo), password)
-
-
-def _state_and_repo(config: Path | None, repo: str, password_file: Path | None,
-                    *imports: str) -> tuple[tuple[Path, float], Any]:
-    """((state directory, lease ttl), open repository): the config is checked and the
-    modules named in ``imports`` are loaded while another thread derives the key (scrypt
-    releases the GIL), which hides most of the 0.1 s it takes."""
-    import importlib
-    from concurrent.futures import ThreadPoolExecutor
-
-    try:
-        password = read_password(password_file)
-    except UsageError:
-        check_config(config)  # a bad config is reported first
-        raise
-    with ThreadPoolExecutor(1, thread_name_prefix="open-repo") as pool:
-        opened = pool.submit(_open_with, repo, password)
-        state = node_state(config)
-        for name in imports:
-            importlib.import_module(name, __package__)
-        return state, opened.result()
-
-
-@contextlib.contextmanager
-def _locked(repo: Any, exclusive: bool) -> Iterator[None]:
-    from ..backup.locks import lock_repository
-
-    lock = lock_repository(repo.storage, exclusive)
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-@contextlib.contextmanager
-def _maintenance_lease(state: tuple[Path, float], owner: str, *,
-                       skip: bool) -> Iterator[None]:
-    if skip:
-        yield
-        return
-    from ..clock import SystemClock
-    from ..schedule.lease import Lease
-
-    state_dir, ttl = state
-    with state_store(state_dir) as store, Lease(store, SystemClock(), ttl).hold(owner):
-        yield
-
-
-class _Bar:
-    """Rich progress with bytes/s and ETA on a terminal; silent otherwise."""
-
-    def __init__(self, enabled: bool, label: str) -> None:
-        self._progress: Any = None
-        self._task: Any = None
-        self._label = label
-        if enabled and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=True,
-            )
-
-    def __enter__(self) -> _Bar:
-        if self._progress is not None:
-            self._progress.start()
-            self._task = self._progress.add_task(self._label, total=None)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def on_start(self, total_files: int, total_bytes: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, total=total_bytes)
-
-    def on_file(self, path: str) -> None:
-        pass
-
-    def on_bytes(self, n: int) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task, n)
-
-    def on_error(self, path: str, msg: str) -> None:
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[yellow]warning[/]: {path}: {msg}", highlight=False)
-
-
-@contextlib.contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    """A backup or restore allocates hundreds of thousands of objects that live until it
-    ends and form no cycles: the cyclic collector would only walk them again and again
-    (3-5 % of a small-file backup). Reference counting still frees everything."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _when(ts: float) -> str:
@@ -215,42 +65,11 @@ def run(
 
     Takes the node's maintenance lease like the scheduled jobs (exit 31 while an update,
     a scheduled backup or an active diagnostic holds it), unless --no-lease."""
-    from ..backup.memory import limit_heap_growth
-
-    limit_heap_growth()  # backup only: restore reuses nothing big and runs faster without it
-    state, r = _state_and_repo(config, repo, password_file, "..backup.backup",
-                               "..backup.files_cache", "..schedule.lease")
-    from ..backup.backup import run_backup
-    from ..backup.files_cache import FilesCache
-    missing = [str(p) for p in paths if not os.path.lexists(p)]
-    if missing:
-        raise UsageError(f"no such file or directory: {', '.join(missing)}")
-    cache_path = state[0] / "cache" / r.id[:32] / "files.db"
-    with _maintenance_lease(state, "cli: backup run", skip=no_lease), \
-            _locked(r, exclusive=False):
-        r.recover_unindexed_packs()
-        cache = FilesCache(cache_path)
-        try:
-            with _Bar(not json_out, "backup") as bar, _no_cyclic_gc():
-                res = run_backup(r, [str(Path(p).absolute()) for p in paths], tags=tag or [],
-                                 excludes=exclude or [], one_file_system=one_file_system,
-                                 files_cache=cache, progress=bar)
-        finally:
-            cache.close()
-    out = {"snapshot": res.snapshot_id, "files": res.files, "bytes": res.bytes,
-           "added_bytes": res.added_bytes, "seconds": round(res.seconds, 3),
-           "partial": res.partial, "errors": res.errors}
-    if json_out:
-        print_json(out)
-    else:
-        for e in res.errors:
-            typer.echo(f"warning: {e['path']}: {e['error']}", err=True)
-        partial = " (PARTIAL: some files could not be read)" if res.partial else ""
-        typer.echo(f"snapshot {res.snapshot_id[:16]} saved{partial}: {res.files} files, "
-                   f"{res.bytes / 2**20:.1f} MiB, {res.added_bytes / 2**20:.1f} MiB added "
-                   f"in {res.seconds:.1f} s")
-    if res.partial:
-        raise typer.Exit(3)
+    code = backup_run(paths, repo, tag=tag or (), exclude=exclude or (),
+                      one_file_system=one_file_system, no_lease=no_lease,
+                      password_file=password_file, config=config, json_out=json_out)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("snapshots")
@@ -260,7 +79,7 @@ def snapshots(repo: RepoOption, password_file: PasswordFileOption = None,
     check_config(config)  # a bad --config is an error here too
     from ..backup.snapshots import list_snapshots
 
-    r = _open(repo, password_file)
+    r = open_repo(repo, password_file)
     snaps = list_snapshots(r)
     if json_out:
         print_json([{"id": sid, **obj} for sid, obj in snaps])
@@ -288,7 +107,7 @@ def ls(snapshot: Annotated[str, typer.Argument(help="Snapshot id, prefix or 'lat
     check_config(config)  # a bad --config is an error here too
     from ..backup.snapshots import list_files
 
-    r = _open(repo, password_file)
+    r = open_repo(repo, password_file)
     rows = [(path, node) for path, node in list_files(r, snapshot)]
     if json_out:
         print_json([{"path": p, "type": n["type"], "size": n.get("size", 0),
@@ -311,26 +130,10 @@ def restore(
     config: ConfigOption = None,
 ) -> None:
     """Restore a snapshot into TARGET, verifying every chunk."""
-    from ..backup.restore import restore as do_restore
-    from ..backup.snapshots import find_snapshot
-
-    _state, r = _state_and_repo(config, repo, password_file)
-    sid, _ = find_snapshot(r, snapshot)
-    t0 = time.monotonic()
-    with _locked(r, exclusive=False), _Bar(not json_out, "restore") as bar, _no_cyclic_gc():
-        res = do_restore(r, sid, str(target), includes=include or [], progress=bar)
-    out = {"snapshot": sid, "files": res.files, "dirs": res.dirs, "bytes": res.bytes,
-           "seconds": round(time.monotonic() - t0, 3),
-           "errors": res.errors}
-    if json_out:
-        print_json(out)
-    else:
-        typer.echo(f"restored {res.files} files ({res.bytes / 2**20:.1f} MiB) of snapshot "
-                   f"{sid[:16]} to {target}")
-        for e in res.errors:
-            typer.echo(f"error: {e['path']}: {e['error']}", err=True)
-    if res.errors:
-        raise typer.Exit(3)
+    code = backup_restore(snapshot, repo, target, include=include or (),
+                          password_file=password_file, json_out=json_out, config=config)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("diff")
@@ -340,7 +143,7 @@ def diff(a: str, b: str, repo: RepoOption, password_file: PasswordFileOption = N
     check_config(config)  # a bad --config is an error here too
     from ..backup.snapshots import diff_snapshots
 
-    r = _open(repo, password_file)
+    r = open_repo(repo, password_file)
     changes = diff_snapshots(r, a, b)
     if json_out:
         print_json([{"change": c, "path": p} for c, p in changes])
@@ -368,8 +171,8 @@ def verify(
         raise UsageError("--read-data-subset must be in (0, 100]")
     if read_data and read_data_subset is not None:
         raise UsageError("give --read-data or --read-data-subset, not both")
-    r = _open(repo, password_file)
-    with _locked(r, exclusive=False):
+    r = open_repo(repo, password_file)
+    with locked(r, exclusive=False):
         report = do_verify(r, read_data=read_data, read_data_subset=read_data_subset)
     if json_out:
         print_json(report.to_dict())
@@ -401,8 +204,8 @@ def forget(
     from ..backup.prune import prune as do_prune
     from ..backup.retention import forget as do_forget
 
-    r = _open(repo, password_file)
-    with _locked(r, exclusive=True):
+    r = open_repo(repo, password_file)
+    with locked(r, exclusive=True):
         res = do_forget(r, keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
                         keep_weekly=keep_weekly, keep_monthly=keep_monthly,
                         keep_yearly=keep_yearly, keep_tags=keep_tag or [], dry_run=dry_run)
@@ -427,8 +230,8 @@ def prune(repo: RepoOption, dry_run: Annotated[bool, typer.Option("--dry-run")] 
     check_config(config)  # a bad --config is an error here too
     from ..backup.prune import prune as do_prune
 
-    r = _open(repo, password_file)
-    with _locked(r, exclusive=True):
+    r = open_repo(repo, password_file)
+    with locked(r, exclusive=True):
         pr = do_prune(r, dry_run=dry_run)
     if json_out:
         print_json(pr.to_dict())
@@ -456,6 +259,6 @@ def key_add(repo: RepoOption, new_password_file: Annotated[Path, typer.Option(
             password_file: PasswordFileOption = None, config: ConfigOption = None) -> None:
     """Let another password open the repository."""
     check_config(config)  # a bad --config is an error here too
-    r = _open(repo, password_file)
+    r = open_repo(repo, password_file)
     name = r.add_password(read_password(new_password_file))
     typer.echo(f"added {name}")

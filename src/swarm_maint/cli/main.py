@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING
 
-import typer
-
-from .. import __version__
 from ..errors import SwarmMaintError
+from . import fast_path
+
+if TYPE_CHECKING:
+    import typer
 
 # command name -> (module, attribute, is a group); a module is imported only when its
 # command runs (or for help), so `backup run` does not pay for the agent, alerts, health
@@ -30,6 +31,8 @@ _COMMANDS: dict[str, tuple[str, str, bool]] = {
 
 def build_app(only: str | None = None) -> typer.Typer:
     """The CLI with every command, or with just ``only`` (what one invocation needs)."""
+    import typer
+
     cli = typer.Typer(
         name="swarm-maint",
         help="Maintenance agent of Swarm GPU nodes.",
@@ -45,7 +48,9 @@ def build_app(only: str | None = None) -> typer.Typer:
             cli.add_typer(obj, name=name)
         else:
             cli.command(name)(obj)
-    cli.callback()(_root)
+    from .root import root
+
+    cli.callback()(root)
     return cli
 
 
@@ -65,40 +70,40 @@ def __getattr__(name: str) -> typer.Typer:
     raise AttributeError(name)
 
 
-_debug = False
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"swarm-maint {__version__}")
-        raise typer.Exit()
-
-
-def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
-    ] = False,
-) -> None:
-    global _debug
-    _debug = debug
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line on stderr and the error's exit code for every SwarmMaintError."""
+    args = sys.argv[1:] if argv is None else argv
+    call = fast_path.parse(args)
     try:
-        args = sys.argv[1:] if argv is None else argv
-        rv = build_app(_command_name(args))(args=args, standalone_mode=False)
+        if call is not None:
+            try:
+                return call()
+            except (EOFError, KeyboardInterrupt):
+                sys.stderr.write("\nswarm-maint: aborted\n")
+                return 130
+        return _typer_main(args)
     except SwarmMaintError as exc:
-        if _debug:
-            raise
+        if call is None:  # --debug is an option of the Typer CLI
+            from .root import options
+
+            if options.debug:
+                raise
         sys.stderr.write(f"swarm-maint: error: {exc}\n")
         return exc.exit_code
+
+
+def _typer_main(args: list[str]) -> int:
+    import typer
+
+    try:
+        rv = build_app(_command_name(args))(args=args, standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:
         sys.stderr.write("swarm-maint: aborted\n")
         return 130
+    except SwarmMaintError:
+        raise
     except Exception as exc:  # click usage errors come through here in non-standalone mode
         # recent Typer vendors click as typer._click: recognise its ClickException by shape
         show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)

@@ -1,0 +1,260 @@
+"""The work behind ``swarm-maint backup …``, free of the command-line framework.
+
+``backup run`` and ``backup restore`` are what the scheduler and scripts call most, and a
+backup of unchanged data takes well under a second: the fast path (fast_path.py) calls
+``backup_run`` and ``backup_restore`` here directly, without importing Typer, whose start-up
+(pydantic adapters for every parameter) would otherwise be a third of the run. The Typer
+commands in backup_cmd.py call the same functions."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import getpass
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import UsageError
+from .plain import check_config, node_state, print_json, state_store
+
+if TYPE_CHECKING:
+    from ..backup.backup import Scan
+
+T = TypeVar("T")
+EXIT_PARTIAL = 3  # the snapshot or restore is incomplete: some files failed
+
+
+def _say(msg: str, *, err: bool = False) -> None:
+    stream = sys.stderr if err else sys.stdout
+    stream.write(msg + "\n")
+    stream.flush()
+
+
+def read_password(password_file: Path | None, *, confirm: bool = False) -> str:
+    if password_file is not None:
+        try:
+            text = password_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--password-file {password_file}: {exc.strerror}") from None
+        pw = text.splitlines()[0] if text else ""
+        if not pw:
+            raise UsageError(f"--password-file {password_file}: the file is empty")
+        return pw
+    env = os.environ.get("SWARM_MAINT_PASSWORD")
+    if env:
+        return env
+    if sys.stdin.isatty():
+        pw = getpass.getpass("repository password: ")
+        if confirm and getpass.getpass("again: ") != pw:
+            raise UsageError("the passwords differ")
+        if pw:
+            return pw
+    raise UsageError("no password: set SWARM_MAINT_PASSWORD or give --password-file")
+
+
+def open_repo(repo: str, password_file: Path | None) -> Any:
+    return open_with_password(repo, read_password(password_file))
+
+
+def open_with_password(repo: str, password: str) -> Any:
+    from ..backup.repository import Repository
+    from ..backup.storage import open_storage
+
+    return Repository.open(open_storage(repo), password)
+
+
+def state_and_repo(config: Path | None, repo: str, password_file: Path | None,
+                   *imports: str, meanwhile: Callable[[], T] | None = None,
+                   ) -> tuple[tuple[Path, float], Any, T | None]:
+    """((state directory, lease ttl), open repository, what ``meanwhile`` returned): the
+    config is checked, the modules named in ``imports`` are loaded and ``meanwhile`` runs
+    while another thread derives the key (scrypt releases the GIL), which hides most of
+    the 0.1 s it takes."""
+    import importlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        password = read_password(password_file)
+    except UsageError:
+        check_config(config)  # a bad config is reported first
+        raise
+    with ThreadPoolExecutor(1, thread_name_prefix="open-repo") as pool:
+        opened = pool.submit(open_with_password, repo, password)
+        state = node_state(config)
+        for name in imports:
+            importlib.import_module(name, __package__)
+        extra = meanwhile() if meanwhile is not None else None
+        return state, opened.result(), extra
+
+
+@contextlib.contextmanager
+def locked(repo: Any, exclusive: bool) -> Iterator[None]:
+    from ..backup.locks import lock_repository
+
+    lock = lock_repository(repo.storage, exclusive)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def maintenance_lease(state: tuple[Path, float], owner: str, *,
+                       skip: bool) -> Iterator[None]:
+    if skip:
+        yield
+        return
+    from ..clock import SystemClock
+    from ..schedule.lease import Lease
+
+    state_dir, ttl = state
+    with state_store(state_dir) as store, Lease(store, SystemClock(), ttl).hold(owner):
+        yield
+
+
+class ProgressBar:
+    """Rich progress with bytes/s and ETA on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool, label: str) -> None:
+        self._progress: Any = None
+        self._task: Any = None
+        self._label = label
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TimeRemainingColumn(),
+                console=Console(stderr=True), transient=True,
+            )
+
+    def __enter__(self) -> ProgressBar:
+        if self._progress is not None:
+            self._progress.start()
+            self._task = self._progress.add_task(self._label, total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def on_start(self, total_files: int, total_bytes: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, total=total_bytes)
+
+    def on_file(self, path: str) -> None:
+        pass
+
+    def on_bytes(self, n: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def on_error(self, path: str, msg: str) -> None:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[yellow]warning[/]: {path}: {msg}", highlight=False)
+
+
+@contextlib.contextmanager
+def no_cyclic_gc() -> Iterator[None]:
+    """A backup or restore allocates hundreds of thousands of objects that live until it
+    ends and form no cycles: the cyclic collector would only walk them again and again
+    (3-5 % of a small-file backup). Reference counting still frees everything."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+
+def backup_run(paths: Sequence[Path], repo: str, *, tag: Sequence[str] = (),
+               exclude: Sequence[str] = (), one_file_system: bool = False,
+               no_lease: bool = False, password_file: Path | None = None,
+               config: Path | None = None, json_out: bool = False) -> int:
+    """``backup run``: a new snapshot of ``paths``; the exit code (3: partial)."""
+    from ..backup.memory import limit_heap_growth
+
+    limit_heap_growth()  # backup only: restore reuses nothing big and runs faster without it
+    bar = ProgressBar(not json_out, "backup")
+
+    def scan() -> Scan:
+        from ..backup.backup import Scan
+
+        missing = [str(p) for p in paths if not os.path.lexists(p)]
+        if missing:
+            raise UsageError(f"no such file or directory: {', '.join(missing)}")
+        return Scan(paths, excludes=exclude, one_file_system=one_file_system, progress=bar)
+
+    # the tree is scanned while the key is derived: a re-run of unchanged data is mostly
+    # these two
+    state, r, scanned = state_and_repo(config, repo, password_file, "..backup.files_cache",
+                                       "..schedule.lease", meanwhile=scan)
+    assert scanned is not None
+    from ..backup.backup import run_backup
+    from ..backup.files_cache import FilesCache
+
+    cache_path = state[0] / "cache" / r.id[:32] / "files.db"
+    with maintenance_lease(state, "cli: backup run", skip=no_lease), \
+            locked(r, exclusive=False):
+        r.recover_unindexed_packs()
+        cache = FilesCache(cache_path)
+        try:
+            with bar, no_cyclic_gc():
+                res = run_backup(r, scanned, tags=list(tag), files_cache=cache, progress=bar)
+        finally:
+            cache.close()
+    out = {"snapshot": res.snapshot_id, "files": res.files, "bytes": res.bytes,
+           "added_bytes": res.added_bytes, "seconds": round(res.seconds, 3),
+           "partial": res.partial, "errors": res.errors}
+    if json_out:
+        print_json(out)
+    else:
+        for e in res.errors:
+            _say(f"warning: {e['path']}: {e['error']}", err=True)
+        partial = " (PARTIAL: some files could not be read)" if res.partial else ""
+        _say(f"snapshot {res.snapshot_id[:16]} saved{partial}: {res.files} files, "
+             f"{res.bytes / 2**20:.1f} MiB, {res.added_bytes / 2**20:.1f} MiB added "
+             f"in {res.seconds:.1f} s")
+    return EXIT_PARTIAL if res.partial else 0
+
+
+def backup_restore(snapshot: str, repo: str, target: Path, *, include: Sequence[str] = (),
+                   password_file: Path | None = None, json_out: bool = False,
+                   config: Path | None = None) -> int:
+    """``backup restore``: ``snapshot`` into ``target``; the exit code (3: some files
+    failed)."""
+    from ..backup.restore import restore as do_restore
+    from ..backup.snapshots import find_snapshot
+
+    _state, r, _ = state_and_repo(config, repo, password_file)
+    sid, _ = find_snapshot(r, snapshot)
+    t0 = time.monotonic()
+    with locked(r, exclusive=False), ProgressBar(not json_out, "restore") as bar, \
+            no_cyclic_gc():
+        res = do_restore(r, sid, str(target), includes=list(include), progress=bar)
+    out = {"snapshot": sid, "files": res.files, "dirs": res.dirs, "bytes": res.bytes,
+           "seconds": round(time.monotonic() - t0, 3),
+           "errors": res.errors}
+    if json_out:
+        print_json(out)
+    else:
+        _say(f"restored {res.files} files ({res.bytes / 2**20:.1f} MiB) of snapshot "
+             f"{sid[:16]} to {target}")
+        for e in res.errors:
+            _say(f"error: {e['path']}: {e['error']}", err=True)
+    return EXIT_PARTIAL if res.errors else 0

@@ -1,0 +1,71 @@
+"""CLI helpers that need no command-line framework: the hot commands (``backup run`` and
+``backup restore``, see fast_path) use them without importing Typer."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..store import Store
+
+__all__ = ["check_config", "config_path", "effective_config", "node_state", "print_json",
+           "state_store"]
+
+
+def config_path(path: Path | None) -> Path | None:
+    """The config file in effect: --config, else $SWARM_MAINT_CONFIG, else None (the
+    embedded defaults)."""
+    if path is None:
+        env = os.environ.get("SWARM_MAINT_CONFIG")
+        if env:
+            return Path(env)
+    return path
+
+
+def effective_config(path: Path | None) -> Config:
+    from ..config import load_config
+
+    return load_config(config_path(path))
+
+
+def check_config(path: Path | None) -> None:
+    """Validate the config file in effect, if any (the embedded defaults are valid by
+    construction, and skipping them spares the config models' import)."""
+    if config_path(path) is not None:
+        effective_config(path)
+
+
+def node_state(path: Path | None) -> tuple[Path, float]:
+    """(state directory, maintenance lease ttl) of the config in effect; with no config
+    file, straight from the embedded defaults without loading the config models."""
+    if config_path(path) is None:
+        from ..defaults import LEASE_TTL, default_state_dir
+
+        return default_state_dir(), LEASE_TTL
+    cfg = effective_config(path)
+    return cfg.agent.resolved_state_dir(), cfg.schedule.lease_ttl
+
+
+@contextmanager
+def state_store(cfg: Config | Path) -> Iterator[Store]:
+    """The node's state database (the one the agent uses), closed after the block;
+    ``cfg`` is the config or the state directory."""
+    from ..store import Store
+
+    state_dir = cfg if isinstance(cfg, Path) else cfg.agent.resolved_state_dir()
+    store = Store(state_dir / "state.db")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")

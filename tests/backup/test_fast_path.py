@@ -1,0 +1,180 @@
+"""``backup run`` and ``backup restore`` start without Typer, and mean the same as with it."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer.main
+
+from swarm_maint.cli import backup_cmd, backup_ops, fast_path
+from swarm_maint.cli.main import build_app, main
+from tests.backup.cli_util import cli, env_for
+
+
+def _click_command(words: tuple[str, ...]) -> Any:
+    group = typer.main.get_command(build_app(words[0]))
+    cmd: Any = group
+    for w in words:
+        cmd = cmd.commands[w]  # type: ignore[attr-defined]
+    return cmd
+
+
+@pytest.mark.parametrize("command", fast_path.COMMANDS, ids=lambda c: " ".join(c.words))
+def test_options_match_the_typer_command(command: fast_path.Command) -> None:
+    click_cmd = _click_command(command.words)
+    options = {p.name: p for p in click_cmd.params if p.opts[0].startswith("-")}
+    arguments = [p for p in click_cmd.params if not p.opts[0].startswith("-")]
+    assert {o.dest for o in command.options} == set(options)
+    for opt in command.options:
+        p = options[opt.dest]
+        assert set(opt.names) == set(p.opts) and not p.secondary_opts, opt
+        assert (opt.kind == "flag") == bool(p.is_flag), opt
+        assert (opt.kind == "multi") == bool(p.multiple), opt
+        assert opt.required == bool(p.required), opt
+    assert [a.name for a in arguments] == [command.positional]
+    assert (arguments[0].nargs == -1) == command.many
+    assert arguments[0].required
+
+
+@pytest.mark.parametrize("command", fast_path.COMMANDS, ids=lambda c: " ".join(c.words))
+def test_defaults_match_the_typer_command(command: fast_path.Command) -> None:
+    """An option left out means the same on both paths."""
+    click_cmd = _click_command(command.words)
+    sig = inspect.signature(getattr(backup_ops, command.target))
+    for p in click_cmd.params:
+        if p.required:
+            continue
+        ours = sig.parameters[p.name].default
+        theirs = p.default
+        if p.multiple:
+            assert theirs in (None, ()) and ours == (), p.name
+        else:
+            assert ours == theirs, p.name
+
+
+RUN_ARGS = [
+    ["backup", "run", "--repo", "/r", "/data"],
+    ["backup", "run", "-r", "/r", "/a", "/b", "--json"],
+    ["backup", "run", "/a", "--repo=/r", "--tag", "daily", "--tag=weekly",
+     "--exclude", "*.tmp", "--one-file-system", "--no-lease", "--password-file", "/pw",
+     "-c", "/cfg.toml"],
+    ["backup", "run", "--exclude=*.ckpt", "--repo", "/r", "rel/dir", "--config=/c.toml"],
+]
+RESTORE_ARGS = [
+    ["backup", "restore", "latest", "--repo", "/r", "--target", "/t"],
+    ["backup", "restore", "--repo=/r", "--target=out", "abc123", "--include", "a/*",
+     "--include=b", "--json", "--password-file=/pw", "--config", "/c.toml"],
+]
+
+
+def _typer_kwargs(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def capture(*args: Any, **kwargs: Any) -> int:
+        names = ["paths", "repo"] if argv[1] == "run" else ["snapshot", "repo", "target"]
+        seen.update(zip(names, args, strict=False), **kwargs)
+        return 0
+
+    monkeypatch.setattr(backup_cmd, "backup_run", capture)
+    monkeypatch.setattr(backup_cmd, "backup_restore", capture)
+    assert main(["--debug", *argv]) == 0  # a global option: the Typer path
+    return seen
+
+
+def _normal(kwargs: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in kwargs.items():
+        out[k] = tuple(v) if isinstance(v, (list, tuple)) and k != "paths" else v
+    return {k: v for k, v in out.items() if v not in ((), None, False)}
+
+
+@pytest.mark.parametrize("argv", RUN_ARGS + RESTORE_ARGS, ids=" ".join)
+def test_same_call_as_typer(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    call = fast_path.parse(argv)
+    assert call is not None
+    assert call.command.target == ("backup_run" if argv[1] == "run" else "backup_restore")
+    assert _normal(call.kwargs) == _normal(_typer_kwargs(argv, monkeypatch))
+
+
+@pytest.mark.parametrize("argv", [
+    ["backup", "run", "--help"],
+    ["backup", "run", "--repo", "/r"],  # no path
+    ["backup", "run", "/data"],  # no --repo
+    ["backup", "run", "--repo", "/r", "--bogus", "/data"],
+    ["backup", "run", "--rep", "/r", "/data"],  # click would not guess either
+    ["backup", "run", "--repo", "/r", "--", "/data"],
+    ["backup", "run", "--repo", "-x", "/data"],  # a value that looks like an option
+    ["backup", "run", "--repo", "/r", "/data", "--tag"],  # no value
+    ["backup", "run", "--repo=", "/data"],
+    ["backup", "run", "--json=yes", "--repo", "/r", "/data"],
+    ["backup", "run", "-r/r", "/data"],
+    ["backup", "run", "--repo", "/r", "-"],
+    ["backup", "run", "--repo", "/r", ""],
+    ["--debug", "backup", "run", "--repo", "/r", "/data"],
+    ["backup", "restore", "latest", "--repo", "/r"],  # no --target
+    ["backup", "restore", "a", "b", "--repo", "/r", "--target", "/t"],
+    ["backup", "snapshots", "--repo", "/r"],
+    ["backup"],
+    [],
+])
+def test_anything_else_goes_to_typer(argv: list[str]) -> None:
+    assert fast_path.parse(argv) is None
+
+
+def test_a_directory_as_password_file_goes_to_typer(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["backup", "run", "--repo", "/r", "--password-file", str(tmp_path), "/data"]
+    assert fast_path.parse(argv) is None
+    assert main(argv) == 2  # Typer's usage error, as before the fast path existed
+    assert "directory" in capsys.readouterr().err
+
+
+def test_usage_errors_are_typer_s(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["backup", "run", "--repo", "/r", "--bogus", "/data"]) == 2
+    assert "No such option" in capsys.readouterr().err
+    assert main(["backup", "run", "--repo", "/r"]) == 2
+    assert "Missing argument" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_one_line_and_130(monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backup_ops, "backup_run", interrupted)
+    assert main(["backup", "run", "--repo", "/r", "/data"]) == 130
+    assert capsys.readouterr().err.strip() == "swarm-maint: aborted"
+
+
+def test_a_real_backup_and_restore_load_neither_typer_nor_pydantic(tmp_path: Path) -> None:
+    """What the fast path is for: the process never imports the CLI framework."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "a.json").write_text('{"x": 1}\n')
+    (data / "b.bin").write_bytes(bytes(range(256)) * 5000)
+    repo = str(tmp_path / "repo")
+    cli(tmp_path, "backup", "init", "--repo", repo)
+    probe = ("import json, sys\n"
+             "from swarm_maint.cli.main import main\n"
+             "rc = main(sys.argv[1:])\n"
+             "sys.stderr.write(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules}"
+             " & {'typer', 'pydantic', 'click', 'rich'})]))\n")
+    env = env_for(tmp_path)
+    for argv in (["backup", "run", "--repo", repo, "--json", str(data)],
+                 ["backup", "restore", "latest", "--repo", repo, "--target",
+                  str(tmp_path / "out"), "--json"]):
+        r = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True,
+                           text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
+        rc, frameworks = json.loads(r.stderr.strip().splitlines()[-1])
+        assert rc == 0, r.stderr
+        assert frameworks == [], argv
+        json.loads(r.stdout)  # the --json summary
+    restored = tmp_path / "out" / data.relative_to("/")
+    assert (restored / "b.bin").read_bytes() == (data / "b.bin").read_bytes()
+    assert (restored / "sub" / "a.json").read_text() == '{"x": 1}\n'
