@@ -1,4 +1,7 @@
-"""The ``swarm-maint`` command: wires the command modules and maps errors to exit codes."""
+"""The ``swarm-maint`` command: wires the command modules and maps errors to exit codes.
+
+Plain ``backup run`` and ``backup restore`` command lines take the fast path (fast_path.py,
+no Typer); every other one goes to a Typer CLI built with just the invoked command."""
 
 from __future__ import annotations
 
