@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .errors import DamagedObjectError, WrongPasswordError
+from .kdf import derive, parse_key_object
 
 __all__ = ["NONCE_SIZE", "TAG_SIZE", "Crypto", "MasterKey", "unwrap_key", "wrap_key"]
 
@@ -92,14 +92,10 @@ class Crypto:
         return blake3.blake3(b"mac:" + data, key=self._id_key).hexdigest()
 
 
-def _kek(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(password.encode("utf-8"))
-
-
 def wrap_key(key: MasterKey, password: str) -> bytes:
     """The JSON of a ``keys/<id>`` object holding ``key`` under ``password``."""
     salt = secrets.token_bytes(16)
-    kek = _kek(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    kek = derive(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
     nonce = os.urandom(NONCE_SIZE)
     sealed = nonce + AESGCM(kek).encrypt(nonce, key.to_json(), b"swarm-maint key")
     return json.dumps({
@@ -113,20 +109,16 @@ def wrap_key(key: MasterKey, password: str) -> bytes:
     }, indent=1).encode()
 
 
-def unwrap_key(raw: bytes, password: str) -> MasterKey:
-    """Open one key object; WrongPasswordError if the password does not fit."""
+def unwrap_key(raw: bytes, password: str, kek: bytes | None = None) -> MasterKey:
+    """Open one key object; WrongPasswordError if the password does not fit. ``kek`` is
+    the key derived from ``password`` for this object, when already known."""
     try:
-        d = json.loads(raw)
-        if d.get("kdf") != "scrypt":
-            raise ValueError(f"unknown kdf {d.get('kdf')!r}")
-        salt = base64.b64decode(d["salt"])
-        sealed = base64.b64decode(d["data"])
-        n, r, p = int(d["n"]), int(d["r"]), int(d["p"])
-        if not (2 <= n <= 2**22 and n & (n - 1) == 0 and 1 <= r <= 64 and 1 <= p <= 16):
-            raise ValueError("scrypt parameters out of range")
-    except (ValueError, KeyError, TypeError) as exc:
+        obj = parse_key_object(raw)
+    except ValueError as exc:
         raise DamagedObjectError(f"key object is malformed: {exc}") from None
-    kek = _kek(password, salt, n, r, p)
+    if kek is None:
+        kek = derive(password, obj.salt, obj.n, obj.r, obj.p)
+    sealed = obj.sealed
     try:
         plain = AESGCM(kek).decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], b"swarm-maint key")
     except InvalidTag:

@@ -12,7 +12,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +106,10 @@ class Repository:
         return cls(storage, key, config)
 
     @classmethod
-    def open(cls, storage: Storage, password: str) -> Repository:
+    def open(cls, storage: Storage, password: str, *,
+             derived: Mapping[str, bytes] | None = None) -> Repository:
+        """Open with ``password``; ``derived`` maps key objects to the key already derived
+        for them from it (kdf.derive_first_key)."""
         try:
             raw = storage.read("config")
         except FileNotFoundError:
@@ -122,7 +125,7 @@ class Repository:
         key = None
         for name in storage.list("keys/"):
             try:
-                key = unwrap_key(storage.read(name), password)
+                key = unwrap_key(storage.read(name), password, (derived or {}).get(name))
                 break
             except WrongPasswordError:
                 continue

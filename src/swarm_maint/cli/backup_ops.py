@@ -61,10 +61,14 @@ def open_repo(repo: str, password_file: Path | None) -> Any:
 
 
 def open_with_password(repo: str, password: str) -> Any:
-    from ..backup.repository import Repository
+    from ..backup.kdf import derive_first_key
     from ..backup.storage import open_storage
 
-    return Repository.open(open_storage(repo), password)
+    storage = open_storage(repo)
+    derived = derive_first_key(storage, password)  # before the engine's native modules load
+    from ..backup.repository import Repository
+
+    return Repository.open(storage, password, derived=derived)
 
 
 def state_and_repo(config: Path | None, repo: str, password_file: Path | None,
