@@ -79,24 +79,11 @@ class FilesCache:
         with self._lock:
             self._db.close()
 
-    def get(self, path: str) -> CacheEntry | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT size, mtime_ns, ctime_ns, inode, content FROM files WHERE path = ?",
-                (os.fsencode(path),),
-            ).fetchone()
-        return None if row is None else _entry(row)
-
     def lookup(self, path: str, st: os.stat_result,
                known: Container[bytes]) -> tuple[bytes, ...] | None:
         """The content ids of ``path`` if it is unchanged and ``known`` (``blob_id in
         known``, e.g. the repository index) still has every blob; None otherwise."""
-        entry = self.get(path)
-        if entry is None or not entry.matches(st):
-            return None
-        if not all(c in known for c in entry.content):
-            return None
-        return entry.content
+        return self.lookup_many([(path, st)], known)[0]
 
     def lookup_many(self, files: Sequence[tuple[str, os.stat_result]],
                     known: Container[bytes]) -> list[tuple[bytes, ...] | None]:
@@ -115,12 +102,9 @@ class FilesCache:
             for key, (_, st) in zip(keys, part, strict=True):
                 row = found.get(key)
                 entry = None if row is None else _entry(row[1:])
-                if entry is None or not entry.matches(st):
-                    out.append(None)
-                elif all(c in known for c in entry.content):
-                    out.append(entry.content)
-                else:
-                    out.append(None)
+                vouched = (entry is not None and entry.matches(st)
+                           and all(c in known for c in entry.content))
+                out.append(entry.content if vouched and entry is not None else None)
         return out
 
     def update(self, entries: Iterable[tuple[str, CacheEntry]], now: float) -> None:

@@ -7,7 +7,7 @@ parser takes only plain, well-formed command lines: the options of the table bel
 value in the next argument or after ``=``. Anything else (``--help``, an unknown or
 misspelled option, a missing argument, ``--``, a value that starts with ``-``, a directory
 given as a password or config file, a global option) goes to the Typer CLI, which gives
-the usual help and usage errors. tests/cli/test_fast_path.py holds the two parsers to the
+the usual help and usage errors. tests/backup/test_fast_path.py holds the two parsers to the
 same options, defaults and results.
 """
 
@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Kind = Literal["flag", "value", "multi", "file"]  # file: a path that must not be a directory
+# path: a value given as a Path; file: a path that must not be a directory
+Kind = Literal["flag", "value", "multi", "path", "file"]
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,7 @@ class Command:
     target: str  # function in backup_ops
     options: tuple[Option, ...]
     positional: str  # keyword the positional arguments go to
-    many: bool  # several positional arguments (at least one) or exactly one
-    as_path: bool  # positional arguments are paths
+    many: bool  # several positional arguments (at least one, as paths) or exactly one
 
     def option(self, name: str) -> Option | None:
         for opt in self.options:
@@ -60,15 +60,13 @@ COMMANDS: tuple[Command, ...] = (
         Option("exclude", ("--exclude",), "multi"),
         Option("one_file_system", ("--one-file-system",), "flag"),
         Option("no_lease", ("--no-lease",), "flag"),
-    ), positional="paths", many=True, as_path=True),
+    ), positional="paths", many=True),
     Command(("backup", "restore"), "backup_restore", (
         *_COMMON,
-        Option("target", ("--target",), "value", required=True),
+        Option("target", ("--target",), "path", required=True),
         Option("include", ("--include",), "multi"),
-    ), positional="snapshot", many=False, as_path=False),
+    ), positional="snapshot", many=False),
 )
-
-PATH_DESTS = frozenset({"password_file", "config", "target"})
 
 
 @dataclass
@@ -131,15 +129,17 @@ def parse(argv: Sequence[str]) -> Call | None:
     if not positional or (not cmd.many and len(positional) > 1):
         return None
     kwargs: dict[str, Any] = {}
-    for dest, value in values.items():
-        if dest in PATH_DESTS:
-            if dest != "target" and os.path.isdir(value):
-                return None  # Typer's error: a file was expected
-            kwargs[dest] = Path(value)
+    for opt in cmd.options:
+        if opt.dest not in values:
+            continue
+        given = values[opt.dest]
+        if opt.kind == "file" and os.path.isdir(given):
+            return None  # Typer's error: a file was expected
+        if opt.kind in ("path", "file"):
+            kwargs[opt.dest] = Path(given)
+        elif opt.kind == "multi":
+            kwargs[opt.dest] = tuple(given)
         else:
-            kwargs[dest] = tuple(value) if isinstance(value, list) else value
-    if cmd.many:
-        kwargs[cmd.positional] = [Path(p) if cmd.as_path else p for p in positional]
-    else:
-        kwargs[cmd.positional] = positional[0]
+            kwargs[opt.dest] = given
+    kwargs[cmd.positional] = [Path(p) for p in positional] if cmd.many else positional[0]
     return Call(cmd, kwargs)
