@@ -24,16 +24,45 @@ from ..clock import Clock
 from ..store import Store
 from .errors import LeaseBusyError
 
-__all__ = ["Lease", "LeaseInfo", "process_alive", "process_identity"]
+__all__ = ["Lease", "LeaseInfo", "process_alive", "process_identity", "start_mark"]
 
 MAINTENANCE = "maintenance"
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()[:8]
+    except OSError:
+        return None
+
+
+def start_mark(pid: int) -> str:
+    """When process ``pid`` started, as a mark that never changes while it lives.
+
+    On Linux: the boot id and the kernel's start time in clock ticks since boot. Not
+    psutil's ``create_time``: that adds /proc/stat's ``btime``, which the kernel derives
+    from the wall clock and which moves by a second between readings on a host whose clock
+    is adjusted, so two processes could disagree about one process's start. Elsewhere the
+    create time, to the hundredth of a second. Raises ``psutil.NoSuchProcess``.
+    """
+    boot = _boot_id()
+    if boot is not None:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            raise psutil.NoSuchProcess(pid) from None
+        # fields after the command name, which may hold spaces and parentheses
+        ticks = stat[stat.rindex(b")") + 2:].split()[19].decode()
+        return f"{boot}+{ticks}"
+    return f"{psutil.Process(pid).create_time():.2f}"
 
 
 @cache
 def process_identity() -> str:
     """``host:pid:start`` of this process: unique even when pids are reused."""
-    start = psutil.Process(os.getpid()).create_time()
-    return f"{socket.gethostname()}:{os.getpid()}:{start:.2f}"
+    return f"{socket.gethostname()}:{os.getpid()}:{start_mark(os.getpid())}"
 
 
 def process_alive(identity: str) -> bool:
@@ -43,11 +72,14 @@ def process_alive(identity: str) -> bool:
     if host != socket.gethostname():
         return True  # another host: only the expiry can tell
     try:
-        proc = psutil.Process(int(pid_text))
-        return f"{proc.create_time():.2f}" == start_text
-    except (psutil.NoSuchProcess, ValueError):
+        pid = int(pid_text)
+        if "+" in start_text or _boot_id() is None:
+            return start_mark(pid) == start_text
+        # a create time, as written before start marks: btime may have moved since
+        return abs(psutil.Process(pid).create_time() - float(start_text)) < 1.5
+    except (psutil.NoSuchProcess, ValueError, IndexError):
         return False
-    except psutil.Error:
+    except (psutil.Error, OSError):
         return True
 
 
