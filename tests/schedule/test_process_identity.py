@@ -97,7 +97,7 @@ def test_a_command_name_with_spaces_and_parentheses() -> None:
 
 def test_identity_without_a_boot_id_uses_the_create_time(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lease_mod, "_boot_id", lambda: None)
+    monkeypatch.setattr(lease_mod, "_boot_id", lambda: None)  # e.g. no /proc
     mark = start_mark(os.getpid())
     assert float(mark) == pytest.approx(psutil.Process(os.getpid()).create_time(), abs=0.01)
     assert process_alive(f"{socket.gethostname()}:{os.getpid()}:{mark}")

@@ -29,6 +29,7 @@ __all__ = ["Lease", "LeaseInfo", "process_alive", "process_identity", "start_mar
 MAINTENANCE = "maintenance"
 
 
+@cache
 def _boot_id() -> str | None:
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
