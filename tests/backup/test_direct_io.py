@@ -8,6 +8,9 @@ import hashlib
 import os
 import random
 import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -123,32 +126,56 @@ def _reference_cuts(chunker: FastCDC, path: Path) -> list[bytes]:
         return [bytes(c.data) for c in chunker.cut_stream(f)]
 
 
-def _direct_cuts(chunker: FastCDC, path: Path, max_size: int, read_size: int) -> list[bytes]:
+def _direct_cuts(chunker: FastCDC, path: Path, max_size: int, read_size: int,
+                 ahead: bool = False) -> list[bytes]:
     buf = AlignedBuffer(buffer_size(max_size, read_size))
+    spare = AlignedBuffer(buffer_size(max_size, read_size)) if ahead else None
     fd = os.open(path, os.O_RDONLY)
+    pool = ThreadPoolExecutor(1)
+
+    def submit(fd: int, dest: memoryview) -> Future[int]:
+        return pool.submit(_read_release, fd, dest)
+
     try:
-        return [bytes(v) for v in cut_fd(chunker, fd, buf, max_size, read_size)]
+        return [bytes(v) for v in cut_fd(chunker, fd, buf, max_size, read_size,
+                                         spare=spare, submit=submit)]
     finally:
+        pool.shutdown()
         os.close(fd)
         buf.close()
+        if spare is not None:
+            spare.close()
+
+
+def _read_release(fd: int, dest: memoryview) -> int:
+    with dest:
+        return read_direct_into(fd, dest)
 
 
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(size=st.integers(0, 400_000), seed=st.integers(0, 2**32), repeat=st.booleans(),
-       read_pages=st.sampled_from([1, 4, 16, 64]))
+@given(size=st.integers(0, 400_000), seed=st.integers(0, 2**32),
+       content=st.sampled_from(["random", "repeat", "zeros"]),
+       read_pages=st.sampled_from([1, 4, 16, 64]), ahead=st.booleans())
 def test_direct_chunker_cuts_exactly_like_pyfastcdc(tmp_path: Path, size: int, seed: int,
-                                                    repeat: bool, read_pages: int) -> None:
+                                                    content: str, read_pages: int,
+                                                    ahead: bool) -> None:
     """Identical cut points (so repositories written before stay deduplicated), for
-    reads smaller and larger than the largest chunk, on random and repetitive data."""
+    reads smaller and larger than the largest chunk, on random and repetitive data and
+    on zeros (where every chunk is cut at the largest size), with one buffer or two
+    buffers and the next read running in another thread."""
     rng = random.Random(seed)
-    data = (rng.randbytes(20_000) * (size // 20_000 + 1))[:size] if repeat \
-        else rng.randbytes(size)
+    if content == "repeat":
+        data = (rng.randbytes(20_000) * (size // 20_000 + 1))[:size]
+    elif content == "zeros":
+        data = bytes(size)
+    else:
+        data = rng.randbytes(size)
     path = tmp_path / "f"
     path.write_bytes(data)
     chunker = FastCDC(8192, min_size=2048, max_size=32768, seed=seed | 1)
     ref = _reference_cuts(chunker, path)
-    got = _direct_cuts(chunker, path, 32768, read_pages * ALIGN)
+    got = _direct_cuts(chunker, path, 32768, read_pages * ALIGN, ahead)
     assert got == ref
     assert b"".join(got) == data
 
@@ -159,7 +186,64 @@ def test_direct_chunker_with_repository_defaults(tmp_path: Path) -> None:
     path.write_bytes(data)
     p = ChunkerParams()
     chunker = FastCDC(p.avg_size, min_size=p.min_size, max_size=p.max_size, seed=99)
-    assert _direct_cuts(chunker, path, p.max_size, 8 << 20) == _reference_cuts(chunker, path)
+    ref = _reference_cuts(chunker, path)
+    assert _direct_cuts(chunker, path, p.max_size, 8 << 20) == ref
+    assert _direct_cuts(chunker, path, p.max_size, 4 << 20, ahead=True) == ref
+
+
+def test_read_ahead_error_reaches_the_reader_and_no_read_outlives_the_chunker(
+        tmp_path: Path) -> None:
+    """A read that fails in the read-ahead thread raises from the chunker, as a read in
+    the thread itself would; a chunker closed early waits for the read it started, so
+    the buffers it lent are free when it returns."""
+    path = tmp_path / "f"
+    path.write_bytes(random.Random(3).randbytes(1 << 20))
+    max_size, read_size = 32768, 16 * ALIGN
+    chunker = FastCDC(8192, min_size=2048, max_size=max_size, seed=7)
+    buf, spare = (AlignedBuffer(buffer_size(max_size, read_size)) for _ in range(2))
+    pool = ThreadPoolExecutor(1)
+    started: list[Future[int]] = []
+    calls = 0
+
+    def failing(fd: int, dest: memoryview) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            dest.release()  # as the engine's reader does, whatever the read's outcome
+            raise OSError(5, "Input/output error")
+        return _read_release(fd, dest)
+
+    def slow(fd: int, dest: memoryview) -> int:
+        time.sleep(0.05)
+        return _read_release(fd, dest)
+
+    def submitter(fn: Callable[[int, memoryview], int]) -> Callable[..., Future[int]]:
+        def submit(fd: int, dest: memoryview) -> Future[int]:
+            fut = pool.submit(fn, fd, dest)
+            started.append(fut)
+            return fut
+        return submit
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError, match="Input/output error"):
+            for _ in cut_fd(chunker, fd, buf, max_size, read_size, spare=spare,
+                            submit=submitter(failing)):
+                pass
+        assert calls == 3
+        os.lseek(fd, 0, os.SEEK_SET)
+        started.clear()
+        gen = cut_fd(chunker, fd, buf, max_size, read_size, spare=spare,
+                     submit=submitter(slow))
+        next(gen)
+        gen.close()
+        assert len(started) == 2  # the first read, and the one ahead of the first chunk
+        assert all(f.done() for f in started)
+    finally:
+        pool.shutdown()
+        os.close(fd)
+    buf.close()  # no view of either buffer is left: unmapping succeeds
+    spare.close()
 
 
 def test_packs_filled_by_many_threads_verify_and_load(tmp_path: Path) -> None:
@@ -222,3 +306,46 @@ def test_large_files_restore_exactly_through_the_staging_buffer(tmp_path: Path) 
         assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), name
         assert (back / name).stat().st_mtime_ns == 1_600_000_000_000_000_000
     assert sorted(p.name for p in back.iterdir()) == sorted(files)  # no temp files left
+
+
+def test_a_disk_error_midway_through_a_large_file_skips_that_file_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EIO on the third read of a file that is streamed with read-ahead (a bad sector):
+    that file is reported and left out, the snapshot is partial, every other file is
+    backed up and restores exactly, and the buffers the readers used are all unmapped
+    (the error does not keep one of them mapped and crash the backup)."""
+    import swarm_maint.backup.backup as backup_mod
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(21)
+    bad, good = rng.randbytes(10 << 20), rng.randbytes(10 << 20)  # 3 reads each
+    (src / "bad.bin").write_bytes(bad)
+    (src / "good.bin").write_bytes(good)
+    (src / "note.txt").write_text("small file\n")
+    real = backup_mod.read_direct_into
+    bad_ino = (src / "bad.bin").stat().st_ino
+    reads = 0
+
+    def flaky(fd: int, dest: memoryview) -> int:
+        nonlocal reads
+        if os.fstat(fd).st_ino == bad_ino:
+            reads += 1
+            if reads == 3:
+                raise OSError(5, "Input/output error")
+        return real(fd, dest)
+
+    monkeypatch.setattr(backup_mod, "read_direct_into", flaky)
+    repo = Repository.init(LocalStorage(tmp_path / "r"), "pw",
+                           chunker=ChunkerParams(64 << 10, 128 << 10, 256 << 10))
+    res = run_backup(repo, [src])
+    assert reads == 3
+    assert res.partial
+    assert [e["path"] for e in res.errors] == [str(src / "bad.bin")]
+    assert "Input/output error" in res.errors[0]["error"]
+    out = tmp_path / "out"
+    restore(repo, res.snapshot_id, out)
+    restored = out / str(src).lstrip("/")
+    assert sorted(p.name for p in restored.iterdir()) == ["good.bin", "note.txt"]
+    assert (restored / "good.bin").read_bytes() == good
+    assert verify(repo, read_data=True).errors == []

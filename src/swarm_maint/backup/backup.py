@@ -3,9 +3,10 @@
 1. A fast scan (``os.scandir`` + lstat) builds the file list and totals, applying
    excludes and ``one_file_system``, so progress has bytes and an ETA from the start.
 2. Files are read by a pool of threads; files small enough to be one read are chunked
-   inline, larger ones are read with direct I/O into a buffer each thread keeps
-   (``chunking.cut_fd``) and their chunks handed to a second pool (hash, compress,
-   encrypt into the pack's buffer), so one big file keeps every core busy too. Files the
+   inline, larger ones are read with direct I/O into two buffers each thread keeps,
+   the next read running in a third pool while the last one is chunked
+   (``chunking.cut_fd``), and their chunks handed to a second pool (hash, compress,
+   encrypt into the pack's buffer), so one big file keeps every core and the disk busy. Files the
    files cache knows unchanged are not read. Files that cannot be read are reported and
    left out: the snapshot is marked partial and the backup completes.
 3. Trees are stored bottom-up, ``repo.flush()`` makes packs and index durable, and only
@@ -29,7 +30,7 @@ from typing import Any, BinaryIO, Protocol
 from .. import __version__
 from ..clock import Clock, SystemClock
 from .chunking import buffer_size, cut_fd
-from .direct_io import ThreadBuffers
+from .direct_io import ThreadBuffers, read_direct_into
 from .files_cache import CacheEntry, FilesCache
 from .packs import DATA
 from .repository import Repository
@@ -323,6 +324,8 @@ class _Backup:
         self.small = repo.chunker_params.max_size
         self.blob_pool: ThreadPoolExecutor | None = None
         self.read_buffers = ThreadBuffers(buffer_size(self.small))
+        self.spare_buffers = ThreadBuffers(buffer_size(self.small))
+        self.read_pool: ThreadPoolExecutor | None = None
 
     def error(self, path: str, msg: str) -> None:
         self.scanned.error(path, msg)
@@ -381,6 +384,10 @@ class _Backup:
                 out.append(exc)
         return out
 
+    def _submit_read(self, fd: int, dest: memoryview) -> Future[int]:
+        assert self.read_pool is not None
+        return self.read_pool.submit(_read_into, fd, dest)
+
     def _count(self, n: int) -> None:
         with self._stats_lock:
             self.files_read += 1
@@ -393,7 +400,8 @@ class _Backup:
         futures: list[Future[bytes]] = []
         total = 0
         failure: _ReadError | None = None
-        it = cut_fd(self._chunker(), f.fileno(), self.read_buffers.get(), self.small)
+        it = cut_fd(self._chunker(), f.fileno(), self.read_buffers.get(), self.small,
+                    spare=self.spare_buffers.get(), submit=self._submit_read)
         try:
             while True:
                 try:
@@ -418,6 +426,11 @@ class _Backup:
             raise failure
         self._count(total)
         return ids, total
+
+
+def _read_into(fd: int, dest: memoryview) -> int:
+    with dest:  # the buffer can be unmapped once every view of it is released
+        return read_direct_into(fd, dest)
 
 
 def _batches(files: list[_Entry], small: int) -> Iterator[list[_Entry]]:
@@ -501,6 +514,7 @@ def run_backup(
     cache_rows: list[tuple[str, CacheEntry]] = []
     file_pool = ThreadPoolExecutor(b.workers, thread_name_prefix="backup-file")
     b.blob_pool = ThreadPoolExecutor(b.workers, thread_name_prefix="backup-blob")
+    b.read_pool = ThreadPoolExecutor(b.workers, thread_name_prefix="backup-read")
     try:
         futures = [(batch, file_pool.submit(b.read_batch, batch))
                    for batch in _batches(to_read, b.small)]
@@ -521,7 +535,9 @@ def run_backup(
     finally:
         file_pool.shutdown(wait=True, cancel_futures=True)
         b.blob_pool.shutdown(wait=True, cancel_futures=True)
+        b.read_pool.shutdown(wait=True, cancel_futures=True)
         b.read_buffers.close()
+        b.spare_buffers.close()
     for e, lead in followers:
         if id(lead) in failed:
             b.error(e.path, "skipped: its hard-linked twin could not be read")
