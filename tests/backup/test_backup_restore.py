@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import stat
 from collections.abc import Iterator
@@ -625,3 +626,37 @@ def test_tampered_pack_is_reported_never_written(repo: Repository, tmp_path: Pat
     assert sorted(os.listdir(dst)) == ["fine"]  # no partial or wrong file left behind
     with pytest.raises(DamagedObjectError, match=name):
         fresh.load_blob(bid)
+
+
+def test_tampered_chunk_midway_through_a_large_file_is_reported_never_written(
+        repo: Repository, tmp_path: Path) -> None:
+    """A file large enough for the staged, direct-write path, damaged in a chunk far
+    from its start: that file is reported and removed (no prefix of it is left), the
+    other large file restores exactly, and the restore finishes (the aligned staging
+    buffers are released whatever the error)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(4)
+    victim, fine = rng.randbytes(3 << 20), rng.randbytes((2 << 20) + 17)
+    (src / "victim").write_bytes(victim)
+    (src / "fine").write_bytes(fine)
+    res = run_backup(repo, [src])
+    chunker = repo.new_chunker()
+    chunks = list(chunker.cut_buf(victim))
+    bid = repo.blob_id(chunks[len(chunks) // 2].data)
+    loc = repo.index.get(bid)
+    assert loc is not None
+    name = pack_name(loc.pack_id)
+    path = repo.storage.root / name  # type: ignore[attr-defined]
+    raw = bytearray(path.read_bytes())
+    raw[loc.entry.offset + 40] ^= 0x01
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(raw))
+
+    out = tmp_path / "out"
+    rr = restore(reopen(repo), res.snapshot_id, out)
+    assert [e["path"] for e in rr.errors] == [str(src / "victim")]
+    assert name in rr.errors[0]["error"]
+    dst = under(out, src)
+    assert sorted(os.listdir(dst)) == ["fine"]
+    assert (dst / "fine").read_bytes() == fine
