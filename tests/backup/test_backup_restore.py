@@ -599,6 +599,19 @@ def test_restored_symlinks_are_not_followed_by_later_entries(
 
 # -- damaged data -------------------------------------------------------------------------
 
+def damage_blob(repo: Repository, bid: bytes) -> str:
+    """Flip one byte inside blob ``bid`` in its pack; the pack's name."""
+    loc = repo.index.get(bid)
+    assert loc is not None
+    name = pack_name(loc.pack_id)
+    path = repo.storage.root / name  # type: ignore[attr-defined]
+    raw = bytearray(path.read_bytes())
+    raw[loc.entry.offset + 40] ^= 0x01
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(raw))
+    return name
+
+
 def test_tampered_pack_is_reported_never_written(repo: Repository, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -608,14 +621,7 @@ def test_tampered_pack_is_reported_never_written(repo: Repository, tmp_path: Pat
     res = run_backup(repo, [src])
     chunker = repo.new_chunker()
     bid = repo.blob_id(next(iter(chunker.cut_buf(victim))).data)
-    loc = repo.index.get(bid)
-    assert loc is not None
-    name = pack_name(loc.pack_id)
-    path = repo.storage.root / name  # type: ignore[attr-defined]
-    raw = bytearray(path.read_bytes())
-    raw[loc.entry.offset + 40] ^= 0x01
-    os.chmod(path, 0o644)
-    path.write_bytes(bytes(raw))
+    name = damage_blob(repo, bid)
 
     fresh = reopen(repo)
     out = tmp_path / "out"
@@ -644,14 +650,7 @@ def test_tampered_chunk_midway_through_a_large_file_is_reported_never_written(
     chunker = repo.new_chunker()
     chunks = list(chunker.cut_buf(victim))
     bid = repo.blob_id(chunks[len(chunks) // 2].data)
-    loc = repo.index.get(bid)
-    assert loc is not None
-    name = pack_name(loc.pack_id)
-    path = repo.storage.root / name  # type: ignore[attr-defined]
-    raw = bytearray(path.read_bytes())
-    raw[loc.entry.offset + 40] ^= 0x01
-    os.chmod(path, 0o644)
-    path.write_bytes(bytes(raw))
+    name = damage_blob(repo, bid)
 
     out = tmp_path / "out"
     rr = restore(reopen(repo), res.snapshot_id, out)

@@ -6,9 +6,9 @@
    inline, larger ones are read with direct I/O into two buffers each thread keeps,
    the next read running in a third pool while the last one is chunked
    (``chunking.cut_fd``), and their chunks handed to a second pool (hash, compress,
-   encrypt into the pack's buffer), so one big file keeps every core and the disk busy. Files the
-   files cache knows unchanged are not read. Files that cannot be read are reported and
-   left out: the snapshot is marked partial and the backup completes.
+   encrypt into the pack's buffer), so one big file keeps every core and the disk
+   busy. Files the files cache knows unchanged are not read. Files that cannot be read
+   are reported and left out: the snapshot is marked partial and the backup completes.
 3. Trees are stored bottom-up, ``repo.flush()`` makes packs and index durable, and only
    then is the snapshot object written (followed by the files cache, in one transaction).
 """
