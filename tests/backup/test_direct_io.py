@@ -3,6 +3,7 @@ many threads at once, and large files restored through the aligned staging buffe
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -348,4 +349,66 @@ def test_a_disk_error_midway_through_a_large_file_skips_that_file_only(
     restored = out / str(src).lstrip("/")
     assert sorted(p.name for p in restored.iterdir()) == ["good.bin", "note.txt"]
     assert (restored / "good.bin").read_bytes() == good
+    assert verify(repo, read_data=True).errors == []
+
+
+@pytest.mark.parametrize("refusal", ["flag", "transfer"])
+def test_backup_and_restore_where_the_filesystem_refuses_direct_io(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: str) -> None:
+    """Some filesystems (FUSE, older ZFS, some network filesystems) refuse O_DIRECT: at
+    fcntl ("flag") or only when a transfer is made ("transfer", EINVAL from read or
+    write). Backup (with read-ahead) and restore then go through the page cache and
+    lose nothing."""
+    import swarm_maint.backup.direct_io as dio
+
+    def direct(fd: int) -> bool:
+        return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+
+    refused = {"flag": 0, "transfer": 0}
+    if refusal == "flag":
+        real_fcntl = fcntl.fcntl
+
+        def fake_fcntl(fd: int, cmd: int, arg: int = 0) -> int:
+            if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+                refused["flag"] += 1
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_fcntl(fd, cmd, arg)
+
+        monkeypatch.setattr(dio.fcntl, "fcntl", fake_fcntl)
+    else:
+        real_readv, real_pwrite = os.readv, os.pwrite
+
+        def fake_readv(fd: int, buffers: list[memoryview]) -> int:
+            if direct(fd):
+                refused["transfer"] += 1
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_readv(fd, buffers)
+
+        def fake_pwrite(fd: int, data: memoryview, offset: int) -> int:
+            if direct(fd):
+                refused["transfer"] += 1
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_pwrite(fd, data, offset)
+
+        monkeypatch.setattr(dio.os, "readv", fake_readv)
+        monkeypatch.setattr(dio.os, "pwrite", fake_pwrite)
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(8)
+    files = {"big.bin": rng.randbytes((9 << 20) + 4097), "mid.bin": rng.randbytes(3 << 20),
+             "small.txt": b"hello\n" * 100}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    repo = Repository.init(LocalStorage(tmp_path / "r"), "pw",
+                           chunker=ChunkerParams(256 << 10, 512 << 10, 1 << 20))
+    res = run_backup(repo, [src])
+    assert not res.partial
+    out = tmp_path / "out"
+    rr = restore(repo, res.snapshot_id, out)
+    assert rr.errors == []
+    assert refused[refusal] > 0  # the refusal was met, not bypassed
+    restored = out / str(src).lstrip("/")
+    for name, data in files.items():
+        assert (restored / name).read_bytes() == data
     assert verify(repo, read_data=True).errors == []
