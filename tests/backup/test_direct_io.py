@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -133,24 +134,15 @@ def _direct_cuts(chunker: FastCDC, path: Path, max_size: int, read_size: int,
     spare = AlignedBuffer(buffer_size(max_size, read_size)) if ahead else None
     fd = os.open(path, os.O_RDONLY)
     pool = ThreadPoolExecutor(1)
-
-    def submit(fd: int, dest: memoryview) -> Future[int]:
-        return pool.submit(_read_release, fd, dest)
-
     try:
         return [bytes(v) for v in cut_fd(chunker, fd, buf, max_size, read_size,
-                                         spare=spare, submit=submit)]
+                                         spare=spare, reader=pool)]
     finally:
         pool.shutdown()
         os.close(fd)
         buf.close()
         if spare is not None:
             spare.close()
-
-
-def _read_release(fd: int, dest: memoryview) -> int:
-    with dest:
-        return read_direct_into(fd, dest)
 
 
 @settings(max_examples=40, deadline=None,
@@ -192,54 +184,61 @@ def test_direct_chunker_with_repository_defaults(tmp_path: Path) -> None:
     assert _direct_cuts(chunker, path, p.max_size, 4 << 20, ahead=True) == ref
 
 
+class _RecordingPool(ThreadPoolExecutor):
+    """A thread pool that keeps the futures of what was submitted to it."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.started: list[Future[Any]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        fut = super().submit(fn, *args, **kwargs)
+        self.started.append(fut)
+        return fut
+
+
 def test_read_ahead_error_reaches_the_reader_and_no_read_outlives_the_chunker(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A read that fails in the read-ahead thread raises from the chunker, as a read in
     the thread itself would; a chunker closed early waits for the read it started, so
     the buffers it lent are free when it returns."""
+    import swarm_maint.backup.chunking as chunking
+
     path = tmp_path / "f"
     path.write_bytes(random.Random(3).randbytes(1 << 20))
     max_size, read_size = 32768, 16 * ALIGN
     chunker = FastCDC(8192, min_size=2048, max_size=max_size, seed=7)
     buf, spare = (AlignedBuffer(buffer_size(max_size, read_size)) for _ in range(2))
-    pool = ThreadPoolExecutor(1)
-    started: list[Future[int]] = []
+    pool = _RecordingPool()
     calls = 0
 
     def failing(fd: int, dest: memoryview) -> int:
         nonlocal calls
         calls += 1
         if calls == 3:
-            dest.release()  # as the engine's reader does, whatever the read's outcome
             raise OSError(5, "Input/output error")
-        return _read_release(fd, dest)
+        return read_direct_into(fd, dest)
 
     def slow(fd: int, dest: memoryview) -> int:
         time.sleep(0.05)
-        return _read_release(fd, dest)
-
-    def submitter(fn: Callable[[int, memoryview], int]) -> Callable[..., Future[int]]:
-        def submit(fd: int, dest: memoryview) -> Future[int]:
-            fut = pool.submit(fn, fd, dest)
-            started.append(fut)
-            return fut
-        return submit
+        return read_direct_into(fd, dest)
 
     fd = os.open(path, os.O_RDONLY)
     try:
+        monkeypatch.setattr(chunking, "read_direct_into", failing)
         with pytest.raises(OSError, match="Input/output error"):
             for _ in cut_fd(chunker, fd, buf, max_size, read_size, spare=spare,
-                            submit=submitter(failing)):
+                            reader=pool):
                 pass
         assert calls == 3
         os.lseek(fd, 0, os.SEEK_SET)
-        started.clear()
-        gen = cut_fd(chunker, fd, buf, max_size, read_size, spare=spare,
-                     submit=submitter(slow))
+        pool.started.clear()
+        monkeypatch.setattr(chunking, "read_direct_into", slow)
+        gen = cut_fd(chunker, fd, buf, max_size, read_size, spare=spare, reader=pool)
         next(gen)
         gen.close()
-        assert len(started) == 2  # the first read, and the one ahead of the first chunk
-        assert all(f.done() for f in started)
+        assert len(pool.started) == 2  # the first read, and the one ahead of the first chunk
+        assert all(f.done() for f in pool.started)
     finally:
         pool.shutdown()
         os.close(fd)
@@ -315,7 +314,7 @@ def test_a_disk_error_midway_through_a_large_file_skips_that_file_only(
     that file is reported and left out, the snapshot is partial, every other file is
     backed up and restores exactly, and the buffers the readers used are all unmapped
     (the error does not keep one of them mapped and crash the backup)."""
-    import swarm_maint.backup.backup as backup_mod
+    import swarm_maint.backup.chunking as chunking
 
     src = tmp_path / "src"
     src.mkdir()
@@ -324,7 +323,7 @@ def test_a_disk_error_midway_through_a_large_file_skips_that_file_only(
     (src / "bad.bin").write_bytes(bad)
     (src / "good.bin").write_bytes(good)
     (src / "note.txt").write_text("small file\n")
-    real = backup_mod.read_direct_into
+    real = chunking.read_direct_into
     bad_ino = (src / "bad.bin").stat().st_ino
     reads = 0
 
@@ -336,7 +335,7 @@ def test_a_disk_error_midway_through_a_large_file_skips_that_file_only(
                 raise OSError(5, "Input/output error")
         return real(fd, dest)
 
-    monkeypatch.setattr(backup_mod, "read_direct_into", flaky)
+    monkeypatch.setattr(chunking, "read_direct_into", flaky)
     repo = Repository.init(LocalStorage(tmp_path / "r"), "pw",
                            chunker=ChunkerParams(64 << 10, 128 << 10, 256 << 10))
     res = run_backup(repo, [src])

@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, Protocol
 from .. import __version__
 from ..clock import Clock, SystemClock
 from .chunking import buffer_size, cut_fd
-from .direct_io import ThreadBuffers, read_direct_into
+from .direct_io import ThreadBuffers
 from .files_cache import CacheEntry, FilesCache
 from .packs import DATA
 from .repository import Repository
@@ -384,10 +384,6 @@ class _Backup:
                 out.append(exc)
         return out
 
-    def _submit_read(self, fd: int, dest: memoryview) -> Future[int]:
-        assert self.read_pool is not None
-        return self.read_pool.submit(_read_into, fd, dest)
-
     def _count(self, n: int) -> None:
         with self._stats_lock:
             self.files_read += 1
@@ -401,7 +397,7 @@ class _Backup:
         total = 0
         failure: _ReadError | None = None
         it = cut_fd(self._chunker(), f.fileno(), self.read_buffers.get(), self.small,
-                    spare=self.spare_buffers.get(), submit=self._submit_read)
+                    spare=self.spare_buffers.get(), reader=self.read_pool)
         try:
             while True:
                 try:
@@ -426,11 +422,6 @@ class _Backup:
             raise failure
         self._count(total)
         return ids, total
-
-
-def _read_into(fd: int, dest: memoryview) -> int:
-    with dest:  # the buffer can be unmapped once every view of it is released
-        return read_direct_into(fd, dest)
 
 
 def _batches(files: list[_Entry], small: int) -> Iterator[list[_Entry]]:

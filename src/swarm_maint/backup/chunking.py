@@ -22,20 +22,16 @@ fine-tuned checkpoint) is then bound by the disk alone, not by the disk plus the
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator
-from concurrent.futures import Future
+from collections.abc import Generator
+from concurrent.futures import Executor, Future
 
 from pyfastcdc import FastCDC
 
 from .direct_io import AlignedBuffer, align_up, read_direct_into, set_direct
 
-__all__ = ["READ_SIZE", "ReadSubmitter", "buffer_size", "cut_fd"]
+__all__ = ["READ_SIZE", "buffer_size", "cut_fd"]
 
 READ_SIZE = 4 << 20  # 8 MiB reads were no faster and cost each reading thread 4 MiB more
-
-# runs read_direct_into(fd, view) in another thread
-ReadSubmitter = Callable[[int, memoryview], "Future[int]"]
-
 
 def buffer_size(max_size: int, read_size: int = READ_SIZE) -> int:
     """Capacity ``cut_fd`` needs in each buffer: room for a carried-over chunk, then one
@@ -43,27 +39,32 @@ def buffer_size(max_size: int, read_size: int = READ_SIZE) -> int:
     return align_up(max_size) + read_size
 
 
+def _read(fd: int, dest: memoryview) -> int:
+    with dest:  # released even when the read fails: the buffer can then be unmapped
+        return read_direct_into(fd, dest)
+
+
 def cut_fd(chunker: FastCDC, fd: int, buf: AlignedBuffer, max_size: int,
            read_size: int = READ_SIZE, *, spare: AlignedBuffer | None = None,
-           submit: ReadSubmitter | None = None) -> Generator[memoryview, None, None]:
+           reader: Executor | None = None) -> Generator[memoryview, None, None]:
     """Yield the chunks of the file open on ``fd`` from its current position (a
     multiple of 4096). Each view is valid only until the next one is asked for.
     ``read_size`` must be a multiple of 4096; OSError from reads propagates. With
-    ``spare`` and ``submit``, reads alternate between the two buffers and each one is
-    submitted before the previous one is chunked."""
+    ``spare`` and ``reader``, reads alternate between the two buffers and each one runs
+    on ``reader`` while the previous one is chunked."""
     head = align_up(max_size)
-    bufs = [buf] if spare is None or submit is None else [buf, spare]
+    bufs = [buf] if spare is None or reader is None else [buf, spare]
+    ahead = reader if len(bufs) > 1 else None
     if any(b.capacity < head + read_size for b in bufs) or read_size % 4096:
         raise ValueError("buffer too small or read size unaligned")
     views = [b.view for b in bufs]
-    ahead = submit if len(bufs) > 1 else None
     pending: Future[int] | None = None
     this = 0  # the buffer being filled and chunked
     carry_in, start, end = 0, head, head  # where the unfinished chunk lies
     set_direct(fd, True)  # where refused, the same reads go through the page cache
     try:
         if ahead is not None:
-            pending = ahead(fd, views[0][head:head + read_size])
+            pending = ahead.submit(_read, fd, views[0][head:head + read_size])
         while True:
             view = views[this]
             rem = end - start
@@ -75,11 +76,10 @@ def cut_fd(chunker: FastCDC, fd: int, buf: AlignedBuffer, max_size: int,
                 fut, pending = pending, None
                 n = fut.result()
             else:
-                with view[head:head + read_size] as dest:
-                    n = read_direct_into(fd, dest)
+                n = _read(fd, view[head:head + read_size])
             eof = n < read_size
             if ahead is not None and not eof:
-                pending = ahead(fd, views[1 - this][head:head + read_size])
+                pending = ahead.submit(_read, fd, views[1 - this][head:head + read_size])
             start, end = head - rem, head + n
             if start == end:
                 return
