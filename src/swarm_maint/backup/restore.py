@@ -8,7 +8,9 @@ target is ever followed; files are created with ``O_EXCL | O_NOFOLLOW`` under a 
 name and renamed into place (which replaces a symlink instead of writing through it).
 
 Large files are written in order, with direct I/O, as their chunks are decoded in
-parallel a few ahead. Every chunk is verified by ``load_blob`` before it is written; a
+parallel a few ahead. Large files that share many chunks are written together, their
+chunks taken in order of offset, so a shared chunk is decoded once (see
+``_write_staged``); small files run beside them on a thread of their own. Every chunk is verified by ``load_blob`` before it is written; a
 damaged chunk fails its file (reported with the pack's name) and the temporary file is
 removed, so wrong content never lands silently. Directory modes and mtimes are set
 last, children before parents.
@@ -22,13 +24,13 @@ import fnmatch
 import os
 import secrets
 import threading
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .backup import NullProgress, Progress
-from .direct_io import ALIGN, ThreadBuffers, pwrite_all
+from .direct_io import ALIGN, AlignedBuffer, ThreadBuffers, pwrite_all
 from .errors import DamagedObjectError
 from .repository import Repository
 from .snapshots import find_snapshot
@@ -41,6 +43,12 @@ __all__ = ["RestoreResult", "restore"]
 _DIRECT_MIN = 1 << 20
 _STAGE = 4 << 20
 _GROUP_FILES = 64
+# large files sharing at least 1/_FAMILY_SHARE of their chunks with an earlier one are
+# restored with it, up to _FAMILY_MAX together; decoded chunks used again: _KEEP_BYTES
+_FAMILY_SHARE = 8
+_FAMILY_MAX = 4
+_KEEP_BYTES = 16 << 20
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -60,6 +68,18 @@ class _Item:
     @property
     def path(self) -> str:
         return "/" + "/".join(self.comps)
+
+
+@dataclass(eq=False, slots=True)
+class _Out:
+    """A file being written by ``_Restore._write_staged``."""
+
+    fd: int
+    ids: list[bytes]
+    buf: AlignedBuffer
+    pos: int = 0  # file offset of the buffer's first byte
+    written: int = 0
+    error: OSError | DamagedObjectError | None = None
 
 
 def _matches(path: str, patterns: Sequence[str]) -> bool:
@@ -102,7 +122,8 @@ class _Restore:
         self.as_root = os.geteuid() == 0
         self.chunk_pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
-        self.staging = ThreadBuffers(_STAGE + repo.chunker_params.max_size)
+        self.stage_size = _STAGE + repo.chunker_params.max_size
+        self.staging = ThreadBuffers(self.stage_size)
         self.bytes = 0
 
     def error(self, path: str, msg: str) -> None:
@@ -204,49 +225,108 @@ class _Restore:
             for bid in ids:
                 total += self._write_chunk(fd, bid, total)
             return total
-        return self._write_staged(fd, ids)
-
-    def _write_staged(self, fd: int, ids: list[bytes]) -> int:
-        """Chunks decoded by the pool a few ahead, taken in order into this thread's
-        aligned buffer and written with direct I/O every ``_STAGE`` bytes."""
-        assert self.chunk_pool is not None
-        pool = self.chunk_pool
         buf = self.staging.get()
         buf.n = 0
-        pos = 0  # file offset of the buffer's first byte
-        todo = iter(ids)
-        ahead: deque[Future[bytes]] = deque()
+        out = _Out(fd, ids, buf)
+        self._write_staged([out])
+        if out.error is not None:
+            raise out.error
+        return out.written
 
-        def submit_next() -> None:
-            bid = next(todo, None)
-            if bid is not None:
-                ahead.append(pool.submit(self.repo.load_blob, bid))
+    def _write_staged(self, outs: list[_Out]) -> None:
+        """Write the files of ``outs`` together: chunks decoded by the pool a few ahead,
+        taken in order into each file's aligned buffer and written with direct I/O every
+        ``_STAGE`` bytes. The chunks of all the files are taken in order of their offset,
+        so a chunk that several files hold at about the same place (a fine-tuned copy
+        and its original) is loaded and decoded once; one that comes back later is
+        kept decoded while the budget allows. A failure is recorded on its file only."""
+        assert self.chunk_pool is not None
+        pool = self.chunk_pool
+        index = self.repo.index
+        seq: list[tuple[int, int, bytes]] = []  # (offset in its file, which file, chunk)
+        for k, out in enumerate(outs):
+            off = 0
+            for bid in out.ids:
+                seq.append((off, k, bid))
+                loc = index.get(bid)
+                off += loc.entry.raw_length if loc is not None else 0
+        seq.sort(key=lambda t: (t[0], t[1]))
+        uses = Counter(bid for _, _, bid in seq)
+        loads: dict[bytes, Future[bytes]] = {}  # submitted, or decoded with uses left
+        fresh: set[bytes] = set()  # submitted and not taken yet
+        kept: OrderedDict[bytes, int] = OrderedDict()  # decoded with uses left: size
+        kept_bytes = 0
+        window = 3 * self.workers
+        sub = 0  # next item of seq to submit
 
-        for _ in range(3 * self.workers):
-            submit_next()
+        def load(bid: bytes) -> Future[bytes]:
+            fut = loads[bid] = pool.submit(self.repo.load_blob, bid)
+            fresh.add(bid)
+            return fut
+
         try:
-            while ahead:
-                data = ahead.popleft().result()
-                submit_next()
-                buf.append(data)
-                self.progress.on_bytes(len(data))
+            for i, (_off, k, bid) in enumerate(seq):
+                while sub < len(seq) and (sub <= i or len(fresh) < window):
+                    _, nk, nid = seq[sub]
+                    if nid not in loads and outs[nk].error is None:
+                        load(nid)
+                    sub += 1
+                out = outs[k]
+                uses[bid] -= 1
+                fut = loads.get(bid)
+                if fut is None and out.error is None:
+                    fut = load(bid)  # evicted from ``kept``: load again
+                fresh.discard(bid)
+                if uses[bid] == 0:
+                    loads.pop(bid, None)
+                    if bid in kept:
+                        kept_bytes -= kept.pop(bid)
+                if fut is None or out.error is not None:
+                    continue
+                try:
+                    data = fut.result()
+                except (OSError, DamagedObjectError) as exc:
+                    out.error = exc
+                    continue
+                if uses[bid] and bid not in kept:
+                    kept[bid] = len(data)
+                    kept_bytes += len(data)
+                    while kept_bytes > _KEEP_BYTES:
+                        old, size = kept.popitem(last=False)
+                        kept_bytes -= size
+                        del loads[old]
+                try:
+                    self._stage(out, data)
+                except OSError as exc:
+                    out.error = exc
                 del data
-                if buf.n >= _STAGE:
-                    whole = buf.n & ~(ALIGN - 1)
-                    with buf.view[:whole] as out:
-                        pwrite_all(fd, out, pos)
-                    buf.view[:buf.n - whole] = buf.view[whole:buf.n]  # < ALIGN bytes
-                    pos += whole
-                    buf.n -= whole
-            with buf.view[:buf.n] as out:
-                pwrite_all(fd, out, pos)  # the aligned part directly, the tail buffered
-            return pos + buf.n
+            for out in outs:
+                if out.error is None:
+                    try:
+                        with out.buf.view[:out.buf.n] as tail:
+                            pwrite_all(out.fd, tail, out.pos)  # aligned part direct
+                    except OSError as exc:
+                        out.error = exc
         finally:
-            for f in ahead:
+            futs = list(loads.values())
+            for f in futs:
                 f.cancel()
-            for f in ahead:
+            for f in futs:
                 if not f.cancelled():
-                    f.exception()  # wait: nothing may outlive the file
+                    f.exception()  # wait: nothing may outlive the files
+
+    def _stage(self, out: _Out, data: bytes) -> None:
+        buf = out.buf
+        buf.append(data)
+        out.written += len(data)
+        self.progress.on_bytes(len(data))
+        if buf.n >= _STAGE:
+            whole = buf.n & ~(ALIGN - 1)
+            with buf.view[:whole] as part:
+                pwrite_all(out.fd, part, out.pos)
+            buf.view[:buf.n - whole] = buf.view[whole:buf.n]  # < ALIGN bytes
+            out.pos += whole
+            buf.n -= whole
 
     def _finish_meta(self, fd: int, node: Node) -> None:
         if self.as_root:
@@ -263,17 +343,12 @@ class _Restore:
             finally:
                 os.close(pfd)
         self.progress.on_file(item.path)
-        node = item.node
         tmp = _tmp_name()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+        fd = os.open(tmp, _FILE_FLAGS, 0o600, dir_fd=pfd)
         try:
             try:
                 written = self._write_content(fd, item)
-                if written != node["size"]:
-                    raise DamagedObjectError(
-                        f"content is {written} bytes, the snapshot says {node['size']}")
-                self._finish_meta(fd, node)
+                self._check_and_finish(fd, item, written)
             finally:
                 os.close(fd)
             os.rename(tmp, item.comps[-1], src_dir_fd=pfd, dst_dir_fd=pfd)
@@ -284,6 +359,64 @@ class _Restore:
         with self._lock:
             self.bytes += written
         return written
+
+    def _check_and_finish(self, fd: int, item: _Item, written: int) -> None:
+        if written != item.node["size"]:
+            raise DamagedObjectError(
+                f"content is {written} bytes, the snapshot says {item.node['size']}")
+        self._finish_meta(fd, item.node)
+
+    def restore_family(self, family: list[_Item]) -> list[int | OSError | DamagedObjectError]:
+        """Restore large files that share chunks together (see ``_write_staged``); (bytes
+        written or the error) for each. A file that fails leaves the others whole."""
+        outcome: list[int | OSError | DamagedObjectError | None] = []
+        started: list[tuple[int, _Item, int, str, _Out]] = []  # slot, item, dir, tmp, out
+        try:
+            for item in family:
+                self.progress.on_file(item.path)
+                pfd = -1
+                try:
+                    pfd = _open_dir(self.root_fd, item.comps[:-1])
+                    tmp = _tmp_name()
+                    fd = os.open(tmp, _FILE_FLAGS, 0o600, dir_fd=pfd)
+                except OSError as exc:
+                    if pfd >= 0:
+                        os.close(pfd)
+                    outcome.append(exc)
+                    continue
+                buf = self.staging.get() if not started else AlignedBuffer(self.stage_size)
+                buf.n = 0
+                ids = [bytes.fromhex(c) for c in item.node["content"]]
+                started.append((len(outcome), item, pfd, tmp, _Out(fd, ids, buf)))
+                outcome.append(None)
+            self._write_staged([s[4] for s in started])
+            for slot, item, pfd, tmp, out in started:
+                try:
+                    if out.error is not None:
+                        raise out.error
+                    try:
+                        self._check_and_finish(out.fd, item, out.written)
+                    finally:
+                        os.close(out.fd)
+                        out.fd = -1
+                    os.rename(tmp, item.comps[-1], src_dir_fd=pfd, dst_dir_fd=pfd)
+                except (OSError, DamagedObjectError) as exc:
+                    outcome[slot] = exc
+                    continue
+                outcome[slot] = out.written
+                with self._lock:
+                    self.bytes += out.written
+        finally:
+            for n, (slot, _item, pfd, tmp, out) in enumerate(started):
+                if out.fd >= 0:
+                    os.close(out.fd)
+                if not isinstance(outcome[slot], int):
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=pfd)
+                os.close(pfd)
+                if n:
+                    out.buf.close()
+        return [o if o is not None else DamagedObjectError("not restored") for o in outcome]
 
     def restore_group(self, group: list[_Item]) -> list[int | OSError | DamagedObjectError]:
         """Restore files of one directory one after the other, walking to the directory
@@ -301,6 +434,41 @@ class _Restore:
                     out.append(exc)
         finally:
             os.close(pfd)
+        return out
+
+    def run_groups(self, groups: list[list[_Item]]
+                   ) -> list[list[int | OSError | DamagedObjectError]]:
+        """Restore every group; the outcome of each file, in order. Large files mostly
+        wait on the disk, small ones on the CPU and directory updates: ``workers``
+        threads take large files first and one more takes small files first, so the two
+        kinds overlap instead of queueing (each thread takes the other kind once its own
+        has run out)."""
+        large = deque(i for i, g in enumerate(groups) if g[0].node["size"] >= _DIRECT_MIN)
+        small = deque(i for i, g in enumerate(groups) if g[0].node["size"] < _DIRECT_MIN)
+        out: list[list[int | OSError | DamagedObjectError]] = [[] for _ in groups]
+        lock = threading.Lock()
+        failed = threading.Event()
+
+        def work(queues: tuple[deque[int], ...]) -> None:
+            while not failed.is_set():
+                with lock:
+                    todo = next((q for q in queues if q), None)
+                    if todo is None:
+                        return
+                    i = todo.popleft()
+                group = groups[i]
+                try:
+                    out[i] = (self.restore_family(group) if len(group) > 1 and todo is large
+                              else self.restore_group(group))
+                except BaseException:
+                    failed.set()  # something unexpected: the others stop too
+                    raise
+
+        with ThreadPoolExecutor(self.workers + 1, thread_name_prefix="restore-file") as pool:
+            runs = [pool.submit(work, (small, large))]
+            runs += [pool.submit(work, (large, small)) for _ in range(self.workers)]
+            for run in runs:
+                run.result()
         return out
 
     def restore_special(self, item: _Item) -> None:
@@ -355,14 +523,39 @@ class _Restore:
             os.close(lfd)
 
 
+def _families(large: list[_Item]) -> dict[int, list[_Item]]:
+    """Large files, each with the earlier one it shares most chunks with when that is at
+    least 1/_FAMILY_SHARE of its own (a fine-tuned copy and its original), else alone;
+    keyed by ``id()`` of each family's first file."""
+    owner: dict[str, int] = {}  # chunk: the last family that holds it
+    fams: list[list[_Item]] = []
+    for f in large:
+        content: list[str] = f.node["content"]
+        shared = Counter(owner[c] for c in set(content) if c in owner)
+        join = next((fi for fi, n in shared.most_common()
+                     if n * _FAMILY_SHARE >= len(content) and len(fams[fi]) < _FAMILY_MAX),
+                    None)
+        if join is None:
+            join = len(fams)
+            fams.append([])
+        fams[join].append(f)
+        for c in content:
+            owner[c] = join  # the latest: a full family passes its chunks on
+    return {id(fam[0]): fam for fam in fams}
+
+
 def _groups(files: list[_Item]) -> list[list[_Item]]:
     """Small files in runs of one directory (one thread creates them: threads creating
-    files in the same directory contend on its lock), large files alone."""
+    files in the same directory contend on its lock), large files alone or with those
+    they share chunks with, at the place of the first."""
+    fams = _families([f for f in files if f.node["size"] >= _DIRECT_MIN])
     groups: list[list[_Item]] = []
     run: list[_Item] = []
     for f in files:
         if f.node["size"] >= _DIRECT_MIN:
-            groups.append([f])
+            fam = fams.get(id(f))
+            if fam is not None:  # else restored with the first of its family
+                groups.append(fam)
             continue
         if run and (run[0].comps[:-1] != f.comps[:-1] or len(run) >= _GROUP_FILES):
             groups.append(run)
@@ -421,14 +614,12 @@ def restore(
 
         count = 0
         done: set[int] = set()
-        file_pool = ThreadPoolExecutor(nworkers, thread_name_prefix="restore-file")
         # chunk reads wait on the disk (direct I/O has no readahead): more of them than cores
         r.chunk_pool = ThreadPoolExecutor(2 * nworkers, thread_name_prefix="restore-chunk")
         try:
-            futures = [(group, file_pool.submit(r.restore_group, group))
-                       for group in _groups(primary)]
-            for group, fut in futures:
-                for f, outcome in zip(group, fut.result(), strict=True):
+            groups = _groups(primary)
+            for group, outcomes in zip(groups, r.run_groups(groups), strict=True):
+                for f, outcome in zip(group, outcomes, strict=True):
                     if isinstance(outcome, BaseException):
                         r.error(f.path, f"cannot restore file: {_describe(outcome)}")
                         continue
@@ -446,7 +637,6 @@ def restore(
                     continue
                 count += 1
         finally:
-            file_pool.shutdown(wait=True, cancel_futures=True)
             r.chunk_pool.shutdown(wait=True, cancel_futures=True)
             r.staging.close()
         for s in specials:
