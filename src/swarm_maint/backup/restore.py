@@ -443,7 +443,10 @@ class _Restore:
         threads take large files first and one more takes small files first, so the two
         kinds overlap instead of queueing (each thread takes the other kind once its own
         has run out)."""
-        large = deque(i for i, g in enumerate(groups) if g[0].node["size"] >= _DIRECT_MIN)
+        # largest first, so that no large job starts last and runs alone
+        large = deque(sorted((i for i, g in enumerate(groups)
+                              if g[0].node["size"] >= _DIRECT_MIN),
+                             key=lambda i: -sum(f.node["size"] for f in groups[i])))
         small = deque(i for i, g in enumerate(groups) if g[0].node["size"] < _DIRECT_MIN)
         out: list[list[int | OSError | DamagedObjectError]] = [[] for _ in groups]
         lock = threading.Lock()
