@@ -10,8 +10,10 @@ name and renamed into place (which replaces a symlink instead of writing through
 Large files are written in order, with direct I/O, as their chunks are decoded in
 parallel a few ahead. Large files that share many chunks are written together, their
 chunks taken in order of offset, so a shared chunk is decoded once (see
-``_write_staged``); small files run beside them on a thread of their own. Every chunk is verified by ``load_blob`` before it is written; a
-damaged chunk fails its file (reported with the pack's name) and the temporary file is
+``_write_staged``); small files run beside them on a thread of their own.
+
+Every chunk is verified by ``load_blob`` before it is written; a damaged chunk fails
+the files that hold it (reported with the pack's name) and their temporary files are
 removed, so wrong content never lands silently. Directory modes and mtimes are set
 last, children before parents.
 """
