@@ -139,6 +139,32 @@ def test_tampered_blob_detected_never_used(tmp_path: Path) -> None:
     assert pack_name(loc.pack_id) in str(err.value)
 
 
+def test_loads_after_a_damaged_blob_still_work_while_its_error_is_kept(
+        tmp_path: Path) -> None:
+    """A restore keeps a damaged chunk's error (in its future) while the same thread goes
+    on loading larger chunks: the direct-read buffer must still grow. The error's
+    traceback holds a view of that buffer, and growing it once raised BufferError."""
+    repo = new_repo(tmp_path / "r")
+    small, large = os.urandom(300 << 10), os.urandom(3 << 20)
+    small_id, _ = repo.add_blob(DATA, small)
+    large_id, _ = repo.add_blob(DATA, large)
+    repo.flush()
+    loc = repo.index.get(small_id)
+    assert loc is not None
+    flip_byte(tmp_path / "r" / pack_name(loc.pack_id), loc.entry.offset + 20)
+    again = Repository.open(LocalStorage(tmp_path / "r"), "correct horse")
+    kept: list[BaseException] = []
+    try:
+        again.load_blob(small_id)
+    except DamagedObjectError as exc:
+        kept.append(exc)
+    assert kept and kept[0].__traceback__ is not None
+    assert again.load_blob(large_id) == large
+    assert again.load_blob(large_id) == large
+    with pytest.raises(DamagedObjectError):
+        again.load_blob(small_id)
+
+
 def test_tampered_config_and_snapshot_detected(tmp_path: Path) -> None:
     repo = new_repo(tmp_path / "r")
     sid = repo.save_object("snapshots", {"tree": "ab", "time": 1.0})

@@ -31,7 +31,7 @@ from .direct_io import AlignedBuffer, align_up, read_direct_into, set_direct
 
 __all__ = ["READ_SIZE", "buffer_size", "cut_fd"]
 
-READ_SIZE = 4 << 20  # 8 MiB reads were no faster and cost each reading thread 4 MiB more
+READ_SIZE = 2 << 20  # 4 or 8 MiB reads were no faster, and each costs every reading buffer more
 
 def buffer_size(max_size: int, read_size: int = READ_SIZE) -> int:
     """Capacity ``cut_fd`` needs in each buffer: room for a carried-over chunk, then one

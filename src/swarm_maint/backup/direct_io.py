@@ -14,6 +14,7 @@ refuse ``O_DIRECT`` (EINVAL) get ordinary buffered I/O, so nothing depends on it
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -67,10 +68,13 @@ class AlignedBuffer:
             return
         bigger = mmap.mmap(-1, align_up(max(need, 2 * len(self._map))))
         bigger[:self.n] = self.view[:self.n]
+        old, self._map = self._map, bigger
         self.view.release()
-        self._map.close()
-        self._map = bigger
         self.view = memoryview(bigger)
+        # a view of the old map may still be alive (kept by an exception's traceback):
+        # it is then unmapped when that view goes
+        with contextlib.suppress(BufferError):
+            old.close()
 
     def append(self, data: bytes | bytearray | memoryview) -> int:
         """Copy ``data`` in; returns the offset it starts at."""
@@ -85,7 +89,8 @@ class AlignedBuffer:
 
     def close(self) -> None:
         self.view.release()
-        self._map.close()
+        with contextlib.suppress(BufferError):  # as in reserve
+            self._map.close()
 
 
 class ThreadBuffers:

@@ -47,7 +47,7 @@ __all__ = ["PACK_TARGET", "ChunkerParams", "Repository"]
 _DIRECT_READ_MIN = 256 << 10  # blobs at least this large are read around the page cache
 INDEX_EVERY = 16  # packs; bounds what a crash can leave unindexed
 # full packs handed to the background writer at once; whoever fills one more waits.
-# One already overlaps nearly all the waiting; each more holds another 12 MiB buffer
+# One already overlaps nearly all the waiting; each more holds another pack buffer
 STORES_AHEAD = 1
 
 
