@@ -58,7 +58,7 @@ _ext: Any = _load_extension()
 _ext.init()
 # Process-wide settings of the extension. Releasing the GIL makes it use c-blosc's
 # context API, which is safe from several threads; the threads are ours, so blosc's own
-# pool stays at one.
+# pool stays at one. (Importing the ``blosc`` package would reset them: nothing here does.)
 _ext.set_nthreads(1)
 _ext.set_blocksize(BLOCK_SIZE)
 _ext.set_releasegil(True)
