@@ -156,29 +156,43 @@ def test_a_real_backup_and_restore_load_neither_typer_nor_pydantic(tmp_path: Pat
     """What the fast path is for: the process never imports the CLI framework, nor
     modules that cost start-up time for nothing: psutil (leases need it only for a gone
     holder), subprocess (ctypes.util.find_library runs ldconfig), the blosc package (its
-    __init__ imports its test suite; only its extension module is loaded)."""
+    __init__ imports its test suite; only its extension module is loaded). Both keep
+    one malloc arena for all their threads (memory.py)."""
     data = tmp_path / "data"
     (data / "sub").mkdir(parents=True)
     (data / "sub" / "a.json").write_text('{"x": 1}\n')
     (data / "b.bin").write_bytes(bytes(range(256)) * 5000)
     repo = str(tmp_path / "repo")
     cli(tmp_path, "backup", "init", "--repo", repo)
-    probe = ("import json, sys\n"
+    probe = ("import ctypes, json, os, sys, tempfile\n"
              "from swarm_maint.cli.main import main\n"
              "rc = main(sys.argv[1:])\n"
+             # glibc's arenas after the run: one, however many threads the run had
+             "libc = ctypes.CDLL('libc.so.6')\n"
+             "libc.fopen.restype = ctypes.c_void_p\n"
+             "libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]\n"
+             "libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]\n"
+             "libc.fclose.argtypes = [ctypes.c_void_p]\n"
+             "path = tempfile.mktemp()\n"
+             "fp = libc.fopen(path.encode(), b'w')\n"
+             "libc.malloc_info(0, fp)\n"
+             "libc.fclose(fp)\n"
+             "arenas = open(path).read().count('<heap nr=')\n"
+             "os.unlink(path)\n"
              "sys.stderr.write(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules}"
              " & {'typer', 'pydantic', 'click', 'rich'}), sorted(set(sys.modules)"
-             " & {'psutil', 'subprocess', 'unittest', 'numpy', 'blosc'})]))\n")
+             " & {'psutil', 'subprocess', 'unittest', 'numpy', 'blosc'}), arenas]))\n")
     env = env_for(tmp_path)
     for argv in (["backup", "run", "--repo", repo, "--json", str(data)],
                  ["backup", "restore", "latest", "--repo", repo, "--target",
                   str(tmp_path / "out"), "--json"]):
         r = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True,
                            text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
-        rc, frameworks, slow = json.loads(r.stderr.strip().splitlines()[-1])
+        rc, frameworks, slow, arenas = json.loads(r.stderr.strip().splitlines()[-1])
         assert rc == 0, r.stderr
         assert frameworks == [], argv
         assert slow == [], argv
+        assert arenas == 1, argv  # backup and restore both keep one malloc arena
         json.loads(r.stdout)  # the --json summary
     restored = tmp_path / "out" / data.relative_to("/")
     assert (restored / "b.bin").read_bytes() == (data / "b.bin").read_bytes()

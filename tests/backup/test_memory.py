@@ -15,7 +15,9 @@ from swarm_maint.backup.memory import limit_heap_growth
 PROBE = r"""
 import ctypes, json, os, sys, tempfile, threading
 from swarm_maint.backup.memory import limit_heap_growth
-applied = limit_heap_growth() if sys.argv[1] == "tuned" else None
+from swarm_maint.backup.memory import single_arena
+applied = (limit_heap_growth() if sys.argv[1] == "tuned"
+           else single_arena() if sys.argv[1] == "arena" else None)
 libc = ctypes.CDLL("libc.so.6")
 
 class MallInfo2(ctypes.Structure):
@@ -68,6 +70,10 @@ def test_glibc_is_present() -> None:
 def test_one_arena_and_a_fixed_mmap_threshold() -> None:
     tuned = _probe("tuned")
     assert tuned == {"applied": True, "arenas": 1, "mmapped": True}
+
+
+def test_restore_gets_one_arena_and_keeps_glibc_s_threshold() -> None:
+    assert _probe("arena") == {"applied": True, "arenas": 1, "mmapped": False}
 
 
 def test_untuned_glibc_differs_so_the_probe_can_tell() -> None:

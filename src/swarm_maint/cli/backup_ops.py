@@ -242,8 +242,11 @@ def backup_restore(snapshot: str, repo: str, target: Path, *, include: Sequence[
                    config: Path | None = None) -> int:
     """``backup restore``: ``snapshot`` into ``target``; the exit code (3: some files
     failed)."""
+    from ..backup.memory import single_arena
     from ..backup.restore import restore as do_restore
     from ..backup.snapshots import find_snapshot
+
+    single_arena()  # before the restore's threads start
 
     _state, r, _ = state_and_repo(config, repo, password_file)
     sid, _ = find_snapshot(r, snapshot)
