@@ -197,3 +197,17 @@ def test_a_real_backup_and_restore_load_neither_typer_nor_pydantic(tmp_path: Pat
     restored = tmp_path / "out" / data.relative_to("/")
     assert (restored / "b.bin").read_bytes() == (data / "b.bin").read_bytes()
     assert (restored / "sub" / "a.json").read_text() == '{"x": 1}\n'
+
+
+def test_the_scan_loads_none_of_the_engine_s_native_modules() -> None:
+    """``backup run`` scans while other threads derive the key and load the engine: the
+    scan must not wait for those imports (cryptography, zstandard, blake3, pyfastcdc,
+    c-blosc)."""
+    probe = ("import sys\n"
+             "from swarm_maint.backup.scan import Scan\n"
+             "Scan([sys.prefix])\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'cryptography', "
+             "'zstandard', 'blake3', 'pyfastcdc', 'blosc'}))\n")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       timeout=60, check=True)
+    assert r.stdout.strip() == "[]"

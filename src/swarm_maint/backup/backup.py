@@ -1,7 +1,8 @@
 """Back up directories into a repository: scan, chunk in parallel, trees, flush, snapshot.
 
-1. A fast scan (``os.scandir`` + lstat) builds the file list and totals, applying
-   excludes and ``one_file_system``, so progress has bytes and an ETA from the start.
+1. A fast scan (``os.scandir`` + lstat, module ``scan``) builds the file list and totals,
+   applying excludes and ``one_file_system``, so progress has bytes and an ETA from the
+   start.
 2. Files are read by a pool of threads; files small enough to be one read are chunked
    inline, larger ones are read with direct I/O into two buffers each thread keeps,
    the next read running in a third pool while the last one is chunked
@@ -15,17 +16,15 @@
 
 from __future__ import annotations
 
-import fnmatch
 import getpass
 import os
 import socket
 import stat
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 from .. import __version__
 from ..clock import Clock, SystemClock
@@ -34,6 +33,7 @@ from .direct_io import ThreadBuffers
 from .files_cache import CacheEntry, FilesCache
 from .packs import DATA
 from .repository import Repository
+from .scan import Entry, NullProgress, Progress, Scan, is_excluded, normalize_paths
 from .tree import Node, save_tree
 
 __all__ = [
@@ -53,32 +53,6 @@ _BATCH_FILES = 32
 _BATCH_BYTES = 4 << 20
 
 
-class Progress(Protocol):
-    """Progress callbacks; ``on_file``/``on_bytes`` may come from worker threads."""
-
-    def on_start(self, total_files: int, total_bytes: int) -> None: ...
-
-    def on_file(self, path: str) -> None: ...
-
-    def on_bytes(self, n: int) -> None: ...
-
-    def on_error(self, path: str, msg: str) -> None: ...
-
-
-class NullProgress:
-    def on_start(self, total_files: int, total_bytes: int) -> None:
-        pass
-
-    def on_file(self, path: str) -> None:
-        pass
-
-    def on_bytes(self, n: int) -> None:
-        pass
-
-    def on_error(self, path: str, msg: str) -> None:
-        pass
-
-
 @dataclass
 class BackupResult:
     snapshot_id: str
@@ -93,62 +67,8 @@ class BackupResult:
     bytes_read: int = 0
 
 
-@dataclass(eq=False, slots=True)
-class _Entry:
-    name: str
-    path: str
-    st: os.stat_result
-    kind: str  # file, dir, symlink, fifo
-    children: dict[str, _Entry] | None = None
-    target: str = ""
-    content: list[bytes] | None = None
-    size: int = 0
-    subtree: str = ""
-
-
 class _ReadError(Exception):
     pass
-
-
-def normalize_paths(paths: Iterable[str | bytes | os.PathLike[str]]) -> list[str]:
-    """Absolute, normalized, unique paths, dropping those inside another given path."""
-    norm = sorted({os.path.normpath(os.path.abspath(os.fsdecode(p))) for p in paths},
-                  key=os.fsencode)
-    out: list[str] = []
-    for p in norm:
-        if any(p == q or q == "/" or p.startswith(q + "/") for q in out):
-            continue
-        out.append(p)
-    return out
-
-
-def is_excluded(path: str, patterns: Sequence[str]) -> bool:
-    """fnmatch globs against the full path and the basename (``*`` also spans '/')."""
-    base = os.path.basename(path)
-    return any(fnmatch.fnmatchcase(path, pat) or fnmatch.fnmatchcase(base, pat)
-               for pat in patterns)
-
-
-def _kind(mode: int) -> str | None:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    return None
-
-
-def _type_name(mode: int) -> str:
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode):
-        return "character device"
-    if stat.S_ISBLK(mode):
-        return "block device"
-    return f"file type {stat.S_IFMT(mode):o}"
 
 
 def _username() -> str:
@@ -188,122 +108,6 @@ def _read_upto(f: BinaryIO, limit: int, expect: int) -> tuple[bytes, bool]:
         # is read on in 1 MiB steps
         want = 1 if n <= expect else 1 << 20
     return b"".join(parts), False
-
-
-class Scan:
-    """The tree to back up, as ``os.scandir`` + lstat saw it: entries, the regular files,
-    and what could not be read. Needs no repository, so the CLI runs it while the key is
-    being derived."""
-
-    def __init__(self, paths: Iterable[str | bytes | os.PathLike[str]], *,
-                 excludes: Sequence[str] = (), one_file_system: bool = False,
-                 progress: Progress | None = None) -> None:
-        self.tops = normalize_paths(paths)
-        self.excludes = list(excludes)
-        self.one_fs = one_file_system
-        self.progress: Progress = progress or NullProgress()
-        self.errors: list[dict[str, str]] = []
-        self.files: list[_Entry] = []
-        self.started_ns = time.time_ns()
-        self.root = self.build_root(self.tops)
-
-    def error(self, path: str, msg: str) -> None:
-        self.errors.append({"path": path, "error": msg})
-        self.progress.on_error(path, msg)
-
-    def _entry(self, name: str, path: str, st: os.stat_result) -> _Entry | None:
-        kind = _kind(st.st_mode)
-        if kind is None:
-            self.error(path, f"skipped: unsupported {_type_name(st.st_mode)}")
-            return None
-        e = _Entry(name, path, st, kind)
-        if kind == "dir":
-            e.children = {}
-        elif kind == "file":
-            e.size = st.st_size
-            self.files.append(e)
-        elif kind == "symlink":
-            try:
-                e.target = os.readlink(path)
-            except OSError as exc:
-                self.error(path, f"cannot read symlink: {exc.strerror or exc}")
-                return None
-        return e
-
-    def scan(self, top: _Entry) -> None:
-        if top.kind != "dir":
-            return
-        dev = top.st.st_dev
-        stack = [top]
-        while stack:
-            d = stack.pop()
-            try:
-                with os.scandir(d.path) as it:
-                    listing = list(it)
-            except OSError as exc:
-                self.error(d.path, f"cannot list directory: {exc.strerror or exc}")
-                continue
-            assert d.children is not None
-            for de in listing:
-                path = de.path
-                if self.excludes and is_excluded(path, self.excludes):
-                    continue
-                try:
-                    st = de.stat(follow_symlinks=False)
-                except OSError as exc:
-                    self.error(path, f"cannot stat: {exc.strerror or exc}")
-                    continue
-                child = self._entry(de.name, path, st)
-                if child is None:
-                    continue
-                d.children[de.name] = child
-                if child.kind == "dir" and not (self.one_fs and st.st_dev != dev):
-                    stack.append(child)
-
-    def build_root(self, tops: list[str]) -> _Entry:
-        root = _Entry("", "/", os.stat("/"), "dir", children={})
-        for top in tops:
-            if top == "/":
-                root = _Entry("", "/", os.lstat("/"), "dir", children={})
-                self.scan(root)
-                break
-            if self.excludes and is_excluded(top, self.excludes):
-                continue
-            comps = top.strip("/").split("/")
-            parent: _Entry | None = root
-            for i, comp in enumerate(comps[:-1]):
-                assert parent is not None and parent.children is not None
-                kids = parent.children
-                child = kids.get(comp)
-                if child is None:
-                    path = "/" + "/".join(comps[:i + 1])
-                    try:
-                        st = os.stat(path)
-                    except OSError as exc:
-                        self.error(path, f"cannot stat: {exc.strerror or exc}")
-                        parent = None
-                        break
-                    if not stat.S_ISDIR(st.st_mode):
-                        self.error(path, "not a directory")
-                        parent = None
-                        break
-                    child = _Entry(comp, path, st, "dir", children={})
-                    kids[comp] = child
-                parent = child
-            if parent is None:
-                continue
-            try:
-                st = os.lstat(top)
-            except OSError as exc:
-                self.error(top, f"cannot stat: {exc.strerror or exc}")
-                continue
-            entry = self._entry(comps[-1], top, st)
-            if entry is None:
-                continue
-            assert parent.children is not None
-            parent.children[comps[-1]] = entry
-            self.scan(entry)
-        return root
 
 
 class _Backup:
@@ -353,7 +157,7 @@ class _Backup:
         finally:
             self._sem.release()
 
-    def read_file(self, e: _Entry) -> tuple[list[bytes], int]:
+    def read_file(self, e: Entry) -> tuple[list[bytes], int]:
         """(content ids, bytes read); _ReadError when the file cannot be read."""
         self.progress.on_file(e.path)
         try:
@@ -375,7 +179,7 @@ class _Backup:
                 raise _ReadError(f"read failed: {exc.strerror or exc}") from None
             return self._stream(f)
 
-    def read_batch(self, batch: list[_Entry]) -> list[tuple[list[bytes], int] | _ReadError]:
+    def read_batch(self, batch: list[Entry]) -> list[tuple[list[bytes], int] | _ReadError]:
         out: list[tuple[list[bytes], int] | _ReadError] = []
         for e in batch:
             try:
@@ -424,9 +228,9 @@ class _Backup:
         return ids, total
 
 
-def _batches(files: list[_Entry], small: int) -> Iterator[list[_Entry]]:
+def _batches(files: list[Entry], small: int) -> Iterator[list[Entry]]:
     """Small files travel in batches (less pool overhead per file), large ones alone."""
-    batch: list[_Entry] = []
+    batch: list[Entry] = []
     size = 0
     for e in files:
         if e.size > small:
@@ -471,9 +275,9 @@ def run_backup(
     b = _Backup(repo, scanned, progress=prog, workers=workers or os.cpu_count() or 1)
 
     # hard links, then the files cache, decide what must be read
-    leaders: dict[tuple[int, int], _Entry] = {}
-    followers: list[tuple[_Entry, _Entry]] = []
-    candidates: list[_Entry] = []
+    leaders: dict[tuple[int, int], Entry] = {}
+    followers: list[tuple[Entry, Entry]] = []
+    candidates: list[Entry] = []
     for e in b.files:
         if e.st.st_nlink > 1:
             key = (e.st.st_dev, e.st.st_ino)
@@ -484,7 +288,7 @@ def run_backup(
             leaders[key] = e
         candidates.append(e)
     reused: dict[int, list[bytes]] = {}
-    to_read: list[_Entry] = []
+    to_read: list[Entry] = []
     if files_cache is not None:
         hits = files_cache.lookup_many([(e.path, e.st) for e in candidates], repo.index)
         for e, hit in zip(candidates, hits, strict=True):
@@ -537,7 +341,7 @@ def run_backup(
             e.content, e.size = lead.content, lead.size
 
     # trees, bottom-up
-    order: list[_Entry] = []
+    order: list[Entry] = []
     stack = [root]
     while stack:
         d = stack.pop()
@@ -588,7 +392,7 @@ def run_backup(
                         list(b.errors), b.files_read, b.bytes_read)
 
 
-def _node(e: _Entry) -> Node:
+def _node(e: Entry) -> Node:
     st = e.st
     node: Node = {
         "name": e.name, "type": e.kind, "mode": stat.S_IMODE(st.st_mode),

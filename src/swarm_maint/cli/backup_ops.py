@@ -22,7 +22,7 @@ from ..errors import UsageError
 from .plain import check_config, node_state, print_json, state_store
 
 if TYPE_CHECKING:
-    from ..backup.backup import Scan
+    from ..backup.scan import Scan
 
 T = TypeVar("T")
 EXIT_PARTIAL = 3  # the snapshot or restore is incomplete: some files failed
@@ -75,9 +75,9 @@ def state_and_repo(config: Path | None, repo: str, password_file: Path | None,
                    *imports: str, meanwhile: Callable[[], T] | None = None,
                    ) -> tuple[tuple[Path, float], Any, T | None]:
     """((state directory, lease ttl), open repository, what ``meanwhile`` returned): the
-    config is checked, the modules named in ``imports`` are loaded and ``meanwhile`` runs
-    while another thread derives the key (scrypt releases the GIL), which hides most of
-    the 0.1 s it takes."""
+    config is checked and ``meanwhile`` runs while one thread derives the key (scrypt
+    releases the GIL) and another loads the modules named in ``imports``, which hides
+    most of the 0.1 s the key takes and of the imports' time from a cold page cache."""
     import importlib
     from concurrent.futures import ThreadPoolExecutor
 
@@ -86,12 +86,18 @@ def state_and_repo(config: Path | None, repo: str, password_file: Path | None,
     except UsageError:
         check_config(config)  # a bad config is reported first
         raise
-    with ThreadPoolExecutor(1, thread_name_prefix="open-repo") as pool:
-        opened = pool.submit(open_with_password, repo, password)
-        state = node_state(config)
+
+    def load() -> None:
         for name in imports:
             importlib.import_module(name, __package__)
+
+    with ThreadPoolExecutor(2, thread_name_prefix="open-repo") as pool:
+        opened = pool.submit(open_with_password, repo, password)
+        loaded = pool.submit(load) if imports else None
+        state = node_state(config)
         extra = meanwhile() if meanwhile is not None else None
+        if loaded is not None:
+            loaded.result()
         return state, opened.result(), extra
 
 
@@ -197,17 +203,18 @@ def backup_run(paths: Sequence[Path], repo: str, *, tag: Sequence[str] = (),
     bar = ProgressBar(not json_out, "backup")
 
     def scan() -> Scan:
-        from ..backup.backup import Scan
+        from ..backup.scan import Scan
 
         missing = [str(p) for p in paths if not os.path.lexists(p)]
         if missing:
             raise UsageError(f"no such file or directory: {', '.join(missing)}")
         return Scan(paths, excludes=exclude, one_file_system=one_file_system, progress=bar)
 
-    # the tree is scanned while the key is derived: a re-run of unchanged data is mostly
-    # these two
-    state, r, scanned = state_and_repo(config, repo, password_file, "..backup.files_cache",
-                                       "..schedule.lease", meanwhile=scan)
+    # the tree is scanned (backup.scan needs none of the engine's native modules) while
+    # the key is derived and the engine loads: a re-run of unchanged data is mostly these
+    state, r, scanned = state_and_repo(config, repo, password_file, "..backup.backup",
+                                       "..backup.files_cache", "..schedule.lease",
+                                       meanwhile=scan)
     assert scanned is not None
     from ..backup.backup import run_backup
     from ..backup.files_cache import FilesCache
