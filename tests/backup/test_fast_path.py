@@ -15,6 +15,7 @@ import typer.main
 from swarm_maint.cli import backup_cmd, backup_ops, fast_path
 from swarm_maint.cli.main import build_app, main
 from tests.backup.cli_util import cli, env_for
+from tests.backup.test_memory import COUNT_ARENAS
 
 
 def _click_command(words: tuple[str, ...]) -> Any:
@@ -164,21 +165,11 @@ def test_a_real_backup_and_restore_load_neither_typer_nor_pydantic(tmp_path: Pat
     (data / "b.bin").write_bytes(bytes(range(256)) * 5000)
     repo = str(tmp_path / "repo")
     cli(tmp_path, "backup", "init", "--repo", repo)
-    probe = ("import ctypes, json, os, sys, tempfile\n"
+    probe = (COUNT_ARENAS + "import json, sys\n"
              "from swarm_maint.cli.main import main\n"
              "rc = main(sys.argv[1:])\n"
              # glibc's arenas after the run: one, however many threads the run had
-             "libc = ctypes.CDLL('libc.so.6')\n"
-             "libc.fopen.restype = ctypes.c_void_p\n"
-             "libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]\n"
-             "libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]\n"
-             "libc.fclose.argtypes = [ctypes.c_void_p]\n"
-             "path = tempfile.mktemp()\n"
-             "fp = libc.fopen(path.encode(), b'w')\n"
-             "libc.malloc_info(0, fp)\n"
-             "libc.fclose(fp)\n"
-             "arenas = open(path).read().count('<heap nr=')\n"
-             "os.unlink(path)\n"
+             "arenas = count_arenas()\n"
              "sys.stderr.write(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules}"
              " & {'typer', 'pydantic', 'click', 'rich'}), sorted(set(sys.modules)"
              " & {'psutil', 'subprocess', 'unittest', 'numpy', 'blosc'}), arenas]))\n")

@@ -9,11 +9,30 @@ import sys
 
 from swarm_maint.backup.memory import limit_heap_growth
 
+# Defines count_arenas(): glibc's malloc arenas in this process, from malloc_info's XML.
+COUNT_ARENAS = r"""
+def count_arenas():
+    import ctypes, os, tempfile
+    libc = ctypes.CDLL("libc.so.6")
+    libc.fopen.restype = ctypes.c_void_p
+    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    path = tempfile.mktemp()
+    fp = libc.fopen(path.encode(), b"w")
+    libc.malloc_info(0, fp)
+    libc.fclose(fp)
+    with open(path) as f:
+        xml = f.read()
+    os.unlink(path)
+    return xml.count("<heap nr=")
+"""
+
 # Runs in a fresh interpreter: threads allocate and free multi-MiB blocks the way a backup's
 # reading and sealing threads do; reports glibc's arena count (malloc_info) and whether a
 # 5 MiB block is still mmapped after one of that size was freed (mallinfo2's hblks).
-PROBE = r"""
-import ctypes, json, os, sys, tempfile, threading
+PROBE = COUNT_ARENAS + r"""
+import ctypes, json, sys, threading
 from swarm_maint.backup.memory import limit_heap_growth
 from swarm_maint.backup.memory import single_arena
 applied = (limit_heap_growth() if sys.argv[1] == "tuned"
@@ -41,16 +60,7 @@ before = libc.mallinfo2().hblks
 big = bytearray(5 << 20)
 mmapped = libc.mallinfo2().hblks > before
 del big
-path = tempfile.mktemp()
-libc.fopen.restype = ctypes.c_void_p
-libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-fp = libc.fopen(path.encode(), b"w")
-libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-libc.malloc_info(0, fp)
-libc.fclose.argtypes = [ctypes.c_void_p]
-libc.fclose(fp)
-xml = open(path).read(); os.unlink(path)
-print(json.dumps({"applied": applied, "arenas": xml.count("<heap nr="), "mmapped": mmapped}))
+print(json.dumps({"applied": applied, "arenas": count_arenas(), "mmapped": mmapped}))
 """
 
 

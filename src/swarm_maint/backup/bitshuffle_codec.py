@@ -39,14 +39,10 @@ def _load_extension() -> ModuleType:
     for folder in spec.submodule_search_locations:
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
             path = Path(folder) / f"blosc_extension{suffix}"
-            if path.is_file():
-                loader = importlib.machinery.ExtensionFileLoader(
-                    "blosc.blosc_extension", str(path))
-                ext_spec = importlib.util.spec_from_file_location(
-                    "blosc.blosc_extension", path, loader=loader)
-                assert ext_spec is not None
+            ext_spec = importlib.util.spec_from_file_location("blosc.blosc_extension", path)
+            if path.is_file() and ext_spec is not None and ext_spec.loader is not None:
                 module = importlib.util.module_from_spec(ext_spec)
-                loader.exec_module(module)
+                ext_spec.loader.exec_module(module)
                 return module
     from blosc import blosc_extension  # an unexpected layout: the slower, public way
 

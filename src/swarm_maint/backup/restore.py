@@ -31,10 +31,10 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .backup import NullProgress, Progress
 from .direct_io import ALIGN, AlignedBuffer, ThreadBuffers, pwrite_all
 from .errors import DamagedObjectError
 from .repository import Repository
+from .scan import NullProgress, Progress
 from .snapshots import find_snapshot
 from .tree import Node, is_safe_name, load_tree
 
