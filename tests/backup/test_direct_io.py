@@ -21,7 +21,13 @@ from hypothesis import strategies as st
 from pyfastcdc import FastCDC
 
 from swarm_maint.backup.backup import run_backup
-from swarm_maint.backup.chunking import buffer_size, cut_fd
+from swarm_maint.backup.chunking import (
+    READ_SIZE,
+    SOLO_READ_SIZE,
+    buffer_size,
+    cut_fd,
+    read_size_for,
+)
 from swarm_maint.backup.direct_io import (
     ALIGN,
     AlignedBuffer,
@@ -33,6 +39,7 @@ from swarm_maint.backup.direct_io import (
 from swarm_maint.backup.packs import DATA
 from swarm_maint.backup.repository import ChunkerParams, Repository
 from swarm_maint.backup.restore import restore
+from swarm_maint.backup.snapshots import list_files
 from swarm_maint.backup.storage import LocalStorage
 from swarm_maint.backup.verify import verify
 
@@ -181,7 +188,50 @@ def test_direct_chunker_with_repository_defaults(tmp_path: Path) -> None:
     chunker = FastCDC(p.avg_size, min_size=p.min_size, max_size=p.max_size, seed=99)
     ref = _reference_cuts(chunker, path)
     assert _direct_cuts(chunker, path, p.max_size, 8 << 20) == ref
-    assert _direct_cuts(chunker, path, p.max_size, 4 << 20, ahead=True) == ref
+    for readers in (1, 2):  # the read sizes backups use
+        assert _direct_cuts(chunker, path, p.max_size, read_size_for(readers),
+                            ahead=True) == ref
+
+
+def _file_content(repo: Repository, snapshot_id: str, path: Path) -> list[str]:
+    want = str(path).lstrip("/")
+    return next(list(node["content"]) for p, node in list_files(repo, snapshot_id)
+                if p.lstrip("/") == want)
+
+
+def test_a_large_file_read_alone_gets_larger_reads_and_the_same_chunks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One large file to read: 4 MiB reads; two: 2 MiB each (their buffers share the
+    memory). The file's chunks, so its deduplication, are the same either way."""
+    import swarm_maint.backup.backup as backup_mod
+
+    sizes: list[int] = []
+    real_cut = backup_mod.cut_fd
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        sizes.append(args[4])
+        return real_cut(*args, **kwargs)
+
+    monkeypatch.setattr(backup_mod, "cut_fd", spy)
+    rng = random.Random(8)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    data = rng.randbytes(12 << 20)
+    (one / "model.bin").write_bytes(data)
+    (two / "model.bin").write_bytes(data)
+    (two / "other.bin").write_bytes(rng.randbytes(10 << 20))
+    (two / "small.json").write_text("{}")  # small files are not streamed
+    repo = Repository.init(LocalStorage(tmp_path / "r"), "pw")
+    alone = run_backup(repo, [one])
+    assert sizes == [SOLO_READ_SIZE] and SOLO_READ_SIZE > READ_SIZE
+    sizes.clear()
+    together = run_backup(repo, [two])
+    assert sizes == [READ_SIZE, READ_SIZE]
+    assert together.added_bytes < (11 << 20)  # model.bin was found stored: only other.bin
+    a = _file_content(repo, alone.snapshot_id, one / "model.bin")
+    b = _file_content(repo, together.snapshot_id, two / "model.bin")
+    assert a == b and len(a) > 1
 
 
 class _RecordingPool(ThreadPoolExecutor):

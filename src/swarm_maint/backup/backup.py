@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 from .. import __version__
 from ..clock import Clock, SystemClock
-from .chunking import buffer_size, cut_fd
+from .chunking import buffer_size, cut_fd, read_size_for
 from .direct_io import ThreadBuffers
 from .files_cache import CacheEntry, FilesCache
 from .packs import DATA
@@ -127,9 +127,15 @@ class _Backup:
         self._sem = threading.BoundedSemaphore(2 * self.workers)
         self.small = repo.chunker_params.max_size
         self.blob_pool: ThreadPoolExecutor | None = None
-        self.read_buffers = ThreadBuffers(buffer_size(self.small))
-        self.spare_buffers = ThreadBuffers(buffer_size(self.small))
+        self.plan_reads(self.workers)
         self.read_pool: ThreadPoolExecutor | None = None
+
+    def plan_reads(self, readers: int) -> None:
+        """Size the reads (and the reading buffers, which are mapped on first use) for
+        ``readers`` large files read at once."""
+        self.read_size = read_size_for(readers)
+        self.read_buffers = ThreadBuffers(buffer_size(self.small, self.read_size))
+        self.spare_buffers = ThreadBuffers(buffer_size(self.small, self.read_size))
 
     def error(self, path: str, msg: str) -> None:
         self.scanned.error(path, msg)
@@ -201,7 +207,7 @@ class _Backup:
         total = 0
         failure: _ReadError | None = None
         it = cut_fd(self._chunker(), f.fileno(), self.read_buffers.get(), self.small,
-                    spare=self.spare_buffers.get(), reader=self.read_pool)
+                    self.read_size, spare=self.spare_buffers.get(), reader=self.read_pool)
         try:
             while True:
                 try:
@@ -299,6 +305,7 @@ def run_backup(
     else:
         to_read = candidates
 
+    b.plan_reads(min(b.workers, sum(1 for e in to_read if e.size > b.small)))
     prog.on_start(len(b.files), sum(e.size for e in b.files))
     for e in b.files:
         if id(e) in reused:
