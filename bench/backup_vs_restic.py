@@ -527,16 +527,25 @@ def execute(argv: list[str], cwd: Path, env: dict[str, str], logbase: Path,
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         timed_out = False
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+
+        def expire() -> None:
+            nonlocal timed_out
             timed_out = True
             _kill_group(proc)
+
+        # a blocking wait returns as the process ends; wait(timeout) would poll in steps
+        # of up to 50 ms, adding 25 ms on average to every time measured
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            proc.wait()
         except BaseException:
             _kill_group(proc)
             raise
         finally:
             seconds = time.perf_counter() - t0
+            timer.cancel()
             stop.set()
             sampler.join()
     cpu_s = 0.0
