@@ -22,6 +22,11 @@ step, and each measured command starts 2 s after the page cache was dropped):
 5. restore     restore the latest snapshot into an empty directory; every file is then
                compared with the original by SHA-256 (not timed)
 
+The five steps run ``--rounds`` times (default 5), each round from empty repositories, and
+the report gives the medians, each step's time in every round, and for each target how
+many rounds met it: this VM's speed moves by tens of percent within an hour, so one
+round's ratio says little.
+
 Each command runs under ``/usr/bin/time -v`` while psutil samples the summed RSS of its
 process tree every 50 ms; peak RSS is the larger of the two. Time is the wall time of the
 command. Bytes added is the growth of the repository directory on disk (allocated blocks,
@@ -31,7 +36,7 @@ every step of every tool; otherwise the output says caches were warm.
 
 It also measures ceilings on this machine: chunking (FastCDC, avg 1 MiB, min 512 KiB,
 max 8 MiB) + keyed BLAKE3 + AES-256-GCM over a 256 MiB in-memory buffer (1 and 2 threads);
-writing 504 MiB as 12 MiB files (the engine's pack size), each fsynced then renamed; and
+writing 504 MiB as 8 MiB files (the engine's pack size), each fsynced then renamed; and
 reading them back cold.
 
     .venv/bin/python bench/backup_vs_restic.py --size-gib 1 --write BENCHMARKS.md
@@ -109,8 +114,8 @@ CDC_AVG, CDC_MIN, CDC_MAX = 1 * MIB, 512 * 1024, 8 * MIB
 CEILING_BUF = 256 * MIB
 CPU_REPEATS = 3  # each CPU stage: best of 3
 DISK_REPEATS = 2  # write and cold read: best of 2
-DISK_FILE = 12 * MIB  # the engine's pack size (packs.PACK_TARGET)
-DISK_TOTAL = 42 * DISK_FILE
+DISK_FILE = 8 * MIB  # the engine's pack size (packs.PACK_TARGET)
+DISK_TOTAL = 63 * DISK_FILE
 
 # bf16-like high byte: sign bit kept, exponent bits squeezed into 0x3c-0x3f.
 HIGH_BYTE = bytes((0x3C | (b & 0x03)) | (b & 0x80) for b in range(256))
@@ -433,6 +438,15 @@ def add_finetuned(ds: Dataset) -> None:
     os.rename(ds.staging / dest.name, dest)
 
 
+def remove_finetuned(ds: Dataset) -> None:
+    """Undo add_finetuned (between rounds), leaving the data set as generated."""
+    dest = ds.root / ds.finetuned.rel
+    if dest.exists():
+        os.rename(dest, ds.staging / dest.name)
+        with contextlib.suppress(OSError):
+            dest.parent.rmdir()  # only if add_finetuned made it and it is empty
+
+
 def find_restored_root(target: Path, data_root: Path) -> Path | None:
     candidates = [target / data_root.relative_to(data_root.anchor), target / data_root.name,
                   target]
@@ -603,7 +617,8 @@ class Paths:
 
 def tool_env(tool: str, paths: Paths) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RESTIC_", "BORG_")) and k != "SWARM_MAINT_PASSWORD"}
+           if not k.startswith(("RESTIC_", "BORG_"))
+           and k not in ("SWARM_MAINT_PASSWORD", "XDG_STATE_HOME")}
     env["XDG_CACHE_HOME"] = str(paths.cache(tool))
     if tool == "restic":
         env["RESTIC_PASSWORD"] = PASSWORD
@@ -617,6 +632,8 @@ def tool_env(tool: str, paths: Paths) -> dict[str, str]:
         })
     else:
         env["SWARM_MAINT_PASSWORD"] = PASSWORD
+        # swarm-maint keeps its files cache (and the lease) in its state directory
+        env["XDG_STATE_HOME"] = str(paths.cache(tool))
     return env
 
 
@@ -688,6 +705,29 @@ class Run:
     @property
     def throughput(self) -> float:
         return mib_s(self.basis_bytes, self.seconds) if self.basis_bytes else float("nan")
+
+
+def median_run(runs: Sequence[Run]) -> Run:
+    """One step's runs over the rounds as one: the first failure if any failed, else the
+    median time, CPU time and peak RSS (the lower middle one for an even count, so each
+    figure is one that was measured); bytes added are those of the median-time run."""
+    failed = [r for r in runs if not r.ok]
+    if failed:
+        return failed[0]
+    by_time = sorted(runs, key=lambda r: r.seconds)
+    mid = by_time[(len(by_time) - 1) // 2]
+
+    def med(values: Sequence[float]) -> float:
+        return sorted(values)[(len(values) - 1) // 2]
+
+    return Run(mid.tool, mid.scenario, True, seconds=mid.seconds,
+               cpu_s=med([r.cpu_s for r in runs]),
+               peak_rss=int(med([r.peak_rss for r in runs])),
+               repo_before=mid.repo_before, repo_after=mid.repo_after,
+               basis_bytes=mid.basis_bytes, cold_cache=all(r.cold_cache for r in runs),
+               note=mid.note, verified=(None if any(r.verified is None for r in runs)
+                                        else all(r.verified for r in runs)),
+               tool_json=mid.tool_json)
 
 
 def basis_bytes(scenario: str, ds: Dataset) -> int:
@@ -1164,6 +1204,48 @@ class Report:
     restic_repo: str
     caches: dict[str, int]
     command: str
+    rounds: list[dict[tuple[str, str], Run]]
+
+    def targets(self) -> list[tuple[str, str, str, str]]:
+        """targets_check on the medians, with how many rounds met each target alone."""
+        per_round = [targets_check(runs, self.tools) for runs in self.rounds]
+        out = []
+        for i, (name, verdict, fig) in enumerate(targets_check(self.runs, self.tools)):
+            held = sum(1 for checks in per_round if checks[i][1] == "PASS")
+            out.append((name, verdict, fig, f"{held} of {len(per_round)}"
+                        if verdict != "n/a" else "-"))
+        return out
+
+    def round_rows(self) -> list[list[str]]:
+        """Each step's seconds in every round, and swarm's speed-up over restic in each."""
+        head = ["step", "tool", "median s", "range s", "seconds in each round"]
+        rows = [head]
+        for sc in SCENARIOS:
+            for tool in self.tools:
+                runs = [r[(tool, sc)] for r in self.rounds if (tool, sc) in r]
+                ok = [r.seconds for r in runs if r.ok]
+                if not ok:
+                    continue
+                rows.append([LABELS[sc], tool, f"{self.runs[(tool, sc)].seconds:.2f}",
+                             f"{min(ok):.2f}-{max(ok):.2f}",
+                             " ".join(f"{r.seconds:.2f}" if r.ok else "failed"
+                                      for r in runs)])
+            if "swarm" in self.tools and "restic" in self.tools:
+                pairs = [(r[("swarm", sc)], r[("restic", sc)]) for r in self.rounds]
+                ratios = [(p.seconds / q.seconds if sc == "unchanged" else
+                           q.seconds / p.seconds) for p, q in pairs if p.ok and q.ok]
+                if ratios:
+                    what = "swarm/restic time" if sc == "unchanged" else "restic/swarm time"
+                    rows.append([LABELS[sc], what, "", f"{min(ratios):.2f}-{max(ratios):.2f}",
+                                 " ".join(f"{x:.2f}" for x in ratios)])
+        return rows
+
+    def rounds_note(self) -> str:
+        n = len(self.rounds)
+        return (f"Figures above are medians over {n} round{'s' if n > 1 else ''} (each round: "
+                "every step from an empty repository; the median run's bytes added); "
+                "ratios are between medians. Each target's verdict is on the medians, "
+                "beside the number of rounds that met it on their own figures.")
 
     def dataset_line(self) -> str:
         ds = self.ds
@@ -1244,8 +1326,9 @@ class Report:
         if ratios:
             out += ["swarm vs peers (speed = peer seconds / swarm seconds; added and RSS = "
                     "swarm / peer):", text_table(ratios, left=1), ""]
-        out += [f"{st:4}  {name}: {fig}" for name, st, fig in targets_check(self.runs,
-                                                                             self.tools)]
+        out += [f"{st:4}  {name}: {fig} (rounds met: {held})"
+                for name, st, fig, held in self.targets()]
+        out += ["", text_table(self.round_rows(), left=2), self.rounds_note()]
         out += ["", text_table(ceiling_rows(self.ceil), left=1), self.ceiling_note(), "",
                 *self.basis_lines()]
         return "\n".join(out) + "\n"
@@ -1270,7 +1353,8 @@ class Report:
             "step to step; each command starts 2 s after the page cache was dropped): init; "
             "initial backup; unchanged re-run; fine-tuned copy (the data set directory after "
             "adding the fine-tuned file); full restore of the latest snapshot into an empty "
-            "directory, then every file compared by SHA-256.",
+            "directory, then every file compared by SHA-256. All five steps run "
+            f"{len(self.rounds)} times (rounds), each round from empty repositories.",
             "",
             "```",
             self.command,
@@ -1288,9 +1372,11 @@ class Report:
         if ratios:
             lines += ["swarm against each peer (speed = peer seconds / swarm seconds; added and "
                       "RSS = swarm / peer):", "", markdown_table(ratios, left=1), ""]
-        lines += ["| target (against restic) | result | figure |", "| --- | --- | --- |"]
-        lines += [f"| {n} | {st} | {fig.replace('|', '/')} |"
-                  for n, st, fig in targets_check(self.runs, self.tools)]
+        lines += ["| target (against restic) | result (medians) | figure | rounds met |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {n} | {st} | {fig.replace('|', '/')} | {held} |"
+                  for n, st, fig, held in self.targets()]
+        lines += ["", self.rounds_note(), "", markdown_table(self.round_rows(), left=2)]
         lines += ["", "Ceilings measured on this machine in the same run:", "",
                   markdown_table(ceiling_rows(self.ceil), left=1), "", self.ceiling_note(), ""]
         lines += [f"- {line}" for line in self.basis_lines()]
@@ -1326,13 +1412,15 @@ class Report:
                 "notes": [self.ceil.cpu_note, self.ceil.read_note],
             },
             "commands": symbolic_commands(self.tools),
-            "runs": [{**asdict(r), "added": r.added, "mib_s": r.throughput,
+            "medians": [{**asdict(r), "added": r.added, "mib_s": r.throughput,
                       "of_ceiling": r.throughput / self.ceil.for_scenario(r.scenario)[0]
                       if r.ok and r.basis_bytes else None}
                      for r in self.runs.values()],
             "local_cache_bytes": self.caches,
-            "targets": [{"target": n, "result": st, "figure": f}
-                        for n, st, f in targets_check(self.runs, self.tools)],
+            "targets": [{"target": n, "result": st, "figure": f, "rounds_met": held}
+                        for n, st, f, held in self.targets()],
+            "rounds": [[{**asdict(r), "added": r.added} for r in runs.values()]
+                       for runs in self.rounds],
         }
 
 
@@ -1432,19 +1520,29 @@ def run_benchmark(args: argparse.Namespace, work: Path, bins: dict[str, str]) ->
 
     if "swarm" in tools:
         byte_compile_swarm()
-    runs: dict[tuple[str, str], Run] = {}
+    rounds: list[dict[tuple[str, str], Run]] = []
     restic_repo = "unknown"
-    for k, sc in enumerate(SCENARIOS):
-        if sc == "finetuned":
-            add_finetuned(ds)
-        # each tool goes first in some steps: the first one after the data set and the
-        # ceilings were written may find the disk still busy
-        order = tools[k % len(tools):] + tools[:k % len(tools)]
-        for tool in order:
-            runs[(tool, sc)] = run_step(tool, sc, paths, ds, args.timeout)
-            if tool == "restic" and sc == "init" and runs[(tool, sc)].ok:
-                restic_repo = restic_repo_version(paths)
-    cold = [r.cold_cache for r in runs.values() if not math.isnan(r.seconds)]
+    for rnd in range(args.rounds):
+        if rnd:  # every round starts from empty repositories and the data set alone
+            remove_finetuned(ds)
+            for d in ("repos", "cache", "restore"):
+                shutil.rmtree(work / d)
+                (work / d).mkdir()
+        log(f"round {rnd + 1} of {args.rounds}")
+        runs: dict[tuple[str, str], Run] = {}
+        for k, sc in enumerate(SCENARIOS):
+            if sc == "finetuned":
+                add_finetuned(ds)
+            # each tool goes first in some steps: the first one after the data set and
+            # the ceilings were written may find the disk still busy
+            shift = (k + rnd) % len(tools)
+            for tool in tools[shift:] + tools[:shift]:
+                runs[(tool, sc)] = run_step(tool, sc, paths, ds, args.timeout)
+                if tool == "restic" and sc == "init" and runs[(tool, sc)].ok:
+                    restic_repo = restic_repo_version(paths)
+        rounds.append(runs)
+    cold = [r.cold_cache for runs in rounds for r in runs.values()
+            if not math.isnan(r.seconds)]
     if cold and all(cold):
         cache_note = ("cold: `sync; echo 3 > /proc/sys/vm/drop_caches` before every step of "
                       "every tool")
@@ -1454,8 +1552,9 @@ def run_benchmark(args: argparse.Namespace, work: Path, bins: dict[str, str]) ->
         cache_note = ("warm: /proc/sys/vm/drop_caches is not writable here, so each step "
                       "found whatever the previous one left in the page cache")
     caches = {t: du(paths.cache(t))[0] for t in tools}
-    return Report(environment(paths, tools), ds, ceil, runs, tools, cache_note, restic_repo,
-                  caches, args.command)
+    medians = {key: median_run([runs[key] for runs in rounds]) for key in rounds[0]}
+    return Report(environment(paths, tools), ds, ceil, medians, tools, cache_note, restic_repo,
+                  caches, args.command, rounds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1473,6 +1572,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (data, repositories, logs)")
     parser.add_argument("--seed", type=int, default=1, help="data set seed (default 1)")
+    parser.add_argument("--rounds", type=positive_int, default=5,
+                        help="rounds of all steps from empty repositories; figures are "
+                             "medians (default 5)")
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="limit for one tool command in seconds (default 3600)")
     parser.add_argument("--swarm", default=str(Path(sys.executable).parent / "swarm-maint"),
