@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import secrets
-import socket
 import time
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..hostname import local_hostname
 from .errors import DamagedObjectError, WrongPasswordError
 from .kdf import derive, parse_key_object
 
@@ -105,7 +105,7 @@ def wrap_key(key: MasterKey, password: str) -> bytes:
         "salt": base64.b64encode(salt).decode(),
         "data": base64.b64encode(sealed).decode(),
         "created": time.time(),
-        "hostname": socket.gethostname(),
+        "hostname": local_hostname(),
     }, indent=1).encode()
 
 

@@ -22,7 +22,6 @@ import logging
 import os
 import random
 import secrets
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from ..clock import Clock, SystemClock
+from ..hostname import local_hostname
 from .errors import LockedError
 from .storage.base import Storage
 
@@ -138,7 +138,7 @@ def list_locks(
     storage: Storage, *, clock: Clock | None = None, hostname: str | None = None
 ) -> list[LockInfo]:
     """All objects under ``locks/``, unreadable ones included (with ``error`` set)."""
-    infos, _ = _scan(storage, clock or SystemClock(), hostname or socket.gethostname())
+    infos, _ = _scan(storage, clock or SystemClock(), hostname or local_hostname())
     return infos
 
 
@@ -233,7 +233,7 @@ class RepositoryLock:
         if ttl <= 0 or wait < 0:
             raise ValueError(f"need ttl > 0 and wait >= 0, got ttl={ttl}, wait={wait}")
         clock = clock or SystemClock()
-        hostname = hostname or socket.gethostname()
+        hostname = hostname or local_hostname()
         pid = os.getpid() if pid is None else pid
         deadline = clock.monotonic() + wait
         while True:

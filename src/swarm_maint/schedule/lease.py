@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from functools import cache
 from types import ModuleType
 
 from ..clock import Clock
+from ..hostname import local_hostname
 from ..store import Store
 from .errors import LeaseBusyError
 
@@ -71,14 +71,14 @@ def _psutil() -> ModuleType:
 @cache
 def process_identity() -> str:
     """``host:pid:start`` of this process: unique even when pids are reused."""
-    return f"{socket.gethostname()}:{os.getpid()}:{start_mark(os.getpid())}"
+    return f"{local_hostname()}:{os.getpid()}:{start_mark(os.getpid())}"
 
 
 def process_alive(identity: str) -> bool:
     """Whether the process named by ``identity`` still runs (True when unknowable)."""
     host, _, rest = identity.partition(":")
     pid_text, _, start_text = rest.partition(":")
-    if host != socket.gethostname():
+    if host != local_hostname():
         return True  # another host: only the expiry can tell
     try:
         pid = int(pid_text)
