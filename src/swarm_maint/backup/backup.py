@@ -10,10 +10,8 @@
    encrypt into the pack's buffer), so one big file keeps every core and the disk
    busy. Files the files cache knows unchanged are not read. Files that cannot be read
    are reported and left out: the snapshot is marked partial and the backup completes.
-3. Trees are stored bottom-up: those of directories that hold no file being read while
-   the files are read, the others after. ``repo.flush()`` makes packs and index durable,
-   and only then is the snapshot object written (followed by the files cache, in one
-   transaction).
+3. Trees are stored bottom-up, ``repo.flush()`` makes packs and index durable, and only
+   then is the snapshot object written (followed by the files cache, in one transaction).
 """
 
 from __future__ import annotations
@@ -153,14 +151,11 @@ class _Backup:
     def _store(self, data: bytes | memoryview) -> bytes:
         bid = self.repo.blob_id(data)
         _, added = self.repo.add_blob(DATA, data, bid)
-        self.count_added(added)
+        if added:
+            with self._stats_lock:
+                self.added += added
         self.progress.on_bytes(len(data))
         return bid
-
-    def count_added(self, n: int) -> None:
-        if n:
-            with self._stats_lock:
-                self.added += n
 
     def _store_release(self, data: bytes) -> bytes:
         try:
@@ -237,56 +232,6 @@ class _Backup:
             raise failure
         self._count(total)
         return ids, total
-
-
-def _dirs_bottom_up(root: Entry) -> list[Entry]:
-    """Every directory under ``root`` (included), each after all the ones below it."""
-    order: list[Entry] = []
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        order.append(d)
-        assert d.children is not None
-        stack.extend(c for c in d.children.values() if c.kind == "dir")
-    order.reverse()
-    return order
-
-
-def _dirs_holding(dirs: list[Entry], entries: set[int]) -> set[int]:
-    """ids of the directories of ``dirs`` (bottom-up) that hold, at any depth, one of
-    the entries whose ids are in ``entries``."""
-    holding: set[int] = set()
-    for d in dirs:
-        assert d.children is not None
-        if any(id(c) in entries or id(c) in holding for c in d.children.values()):
-            holding.add(id(d))
-    return holding
-
-
-class _Trees:
-    """Stores directory trees, counting what they hold; the files that ``failed`` (ids)
-    are left out. Each directory must come after the ones below it."""
-
-    def __init__(self, b: _Backup, failed: set[int]) -> None:
-        self._b = b
-        self._failed = failed
-        self.files = self.dirs = self.bytes = 0
-
-    def save(self, dirs: Iterable[Entry]) -> None:
-        for d in dirs:
-            assert d.children is not None
-            nodes: list[Node] = []
-            for c in d.children.values():
-                if id(c) in self._failed:
-                    continue
-                nodes.append(_node(c))
-                if c.kind == "file":
-                    self.files += 1
-                    self.bytes += c.size
-                elif c.kind == "dir":
-                    self.dirs += 1
-            d.subtree, added = save_tree(self._b.repo, nodes)
-            self._b.count_added(added)
 
 
 def _batches(files: list[Entry], small: int) -> Iterator[list[Entry]]:
@@ -369,18 +314,12 @@ def run_backup(
 
     failed: set[int] = set()
     cache_rows: list[tuple[str, CacheEntry]] = []
-    dirs = _dirs_bottom_up(root)
-    waiting = _dirs_holding(dirs, {id(e) for e in to_read} | {id(e) for e, _ in followers})
-    trees = _Trees(b, failed)
     file_pool = ThreadPoolExecutor(b.workers, thread_name_prefix="backup-file")
     b.blob_pool = ThreadPoolExecutor(b.workers, thread_name_prefix="backup-blob")
     b.read_pool = ThreadPoolExecutor(b.workers, thread_name_prefix="backup-read")
     try:
         futures = [(batch, file_pool.submit(b.read_batch, batch))
                    for batch in _batches(to_read, b.small)]
-        # while the files are read: the trees of the directories that hold none of them
-        # (in an incremental backup, most of them)
-        trees.save(d for d in dirs if id(d) not in waiting)
         results = ((e, r) for batch, fut in futures
                    for e, r in zip(batch, fut.result(), strict=True))
         for e, r in results:
@@ -408,8 +347,30 @@ def run_backup(
         else:
             e.content, e.size = lead.content, lead.size
 
-    trees.save(d for d in dirs if id(d) in waiting)
-    n_files, n_dirs, total_bytes = trees.files, trees.dirs, trees.bytes
+    # trees, bottom-up
+    order: list[Entry] = []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        order.append(d)
+        assert d.children is not None
+        stack.extend(c for c in d.children.values() if c.kind == "dir")
+    n_files = n_dirs = 0
+    total_bytes = 0
+    for d in reversed(order):
+        assert d.children is not None
+        nodes: list[Node] = []
+        for c in d.children.values():
+            if id(c) in failed:
+                continue
+            nodes.append(_node(c))
+            if c.kind == "file":
+                n_files += 1
+                total_bytes += c.size
+            elif c.kind == "dir":
+                n_dirs += 1
+        d.subtree, added = save_tree(repo, nodes)
+        b.added += added
     repo.flush()
     repo.release_buffers()
 
