@@ -184,6 +184,51 @@ def test_metrics_and_trigger(tmp_path: Path) -> None:
     assert sample.value == 2
 
 
+class Gated(Scripted):
+    """A check whose first run waits until the test lets it finish."""
+
+    def __init__(self, name: str, statuses: list[Status]) -> None:
+        super().__init__(name, statuses)
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def run(self) -> CheckResult:
+        if self.runs == 0:
+            self.started.set()
+            self.release.wait(5)
+        return super().run()
+
+
+def test_a_trigger_during_a_run_runs_the_check_again_after_it() -> None:
+    """An XID that arrives while the XID check is running (it began before the event)
+    is not lost: the check runs once more right after, not at its next interval."""
+    c = Gated("gpu_xid", ["OK", "CRITICAL"])
+    c.interval = 3600.0
+    c.timeout = 10.0
+    r = HealthRunner([c], HealthConfig(), None)
+    stop = threading.Event()
+    t = threading.Thread(target=r.run, args=(stop,))
+    t.start()
+    try:
+        assert c.started.wait(5)
+        r.trigger("gpu_xid")  # the first run is still going
+        time.sleep(0.2)  # the runner's loop has seen the trigger and found the check busy
+        assert c.runs == 0
+        c.release.set()
+        deadline = time.monotonic() + 5
+        while c.runs < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert c.runs == 2
+        time.sleep(0.2)
+        assert c.runs == 2  # once more, not again and again
+    finally:
+        stop.set()
+        r.stop()
+        t.join(5)
+    (cond,) = r.snapshot()
+    assert cond.status == "CRITICAL"  # the second run's result, recorded after the first's
+
+
 @pytest.mark.parametrize("n", [1, 3])
 def test_run_now_selects_by_name_and_level(n: int) -> None:
     checks = [Scripted(f"c{i}", []) for i in range(n)]

@@ -118,6 +118,7 @@ class HealthRunner:
         self._wake = threading.Event()
         self._due: dict[str, float] = {}
         self._busy: set[str] = set()
+        self._again: set[str] = set()  # asked for while running: run once more after
         self.conditions: dict[str, Condition] = {}
         # called with the condition after each status change (the agent collects at once,
         # so alert rules see the change without waiting for the next tick)
@@ -221,26 +222,38 @@ class HealthRunner:
         return cond
 
     def run_check(self, check: HealthCheck) -> CheckResult | None:
-        """Run one check now (unless its previous run is still stuck) and record it."""
+        """Run one check now and record it. While its previous run is still going, it
+        is not started twice: it runs once more as soon as that run is over (a trigger,
+        such as a new XID, must not be lost to a run that began before it)."""
         with self._lock:
             if check.name in self._busy:
+                self._again.add(check.name)
                 return None
             self._busy.add(check.name)
         t0 = time.monotonic()
         result, done = run_with_timeout(check, check.timeout)
         if done.is_set():
-            with self._lock:
-                self._busy.discard(check.name)
+            self.record(result, time.monotonic() - t0)  # before a run asked for meanwhile
+            self._release(check.name)
         else:  # stuck: free the check only when its call finally returns
             threading.Thread(target=self._unbusy_later, args=(check.name, done),
                              daemon=True).start()
-        self.record(result, time.monotonic() - t0)
+            self.record(result, time.monotonic() - t0)
         return result
 
     def _unbusy_later(self, name: str, done: threading.Event) -> None:
         done.wait()
+        self._release(name)
+
+    def _release(self, name: str) -> None:
         with self._lock:
             self._busy.discard(name)
+            again = name in self._again
+            self._again.discard(name)
+            if again:
+                self._due[name] = 0.0
+        if again:
+            self._wake.set()
 
     def run_now(self, names: Sequence[str] = (), level: int = 1,
                 idle: Callable[[], tuple[bool, str]] | None = None) -> list[CheckResult]:
