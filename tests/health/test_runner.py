@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -159,14 +161,25 @@ def test_exit_codes() -> None:
     assert exit_code([]) == 0
 
 
-def test_metrics_and_trigger(tmp_path: Path) -> None:
-    c = Scripted("gpu_xid", ["OK", "CRITICAL"])
-    c.interval = 3600.0
-    r = HealthRunner([c], HealthConfig(), None)
+@contextlib.contextmanager
+def running(r: HealthRunner) -> Iterator[None]:
+    """The runner's interval loop on a thread of its own for the block."""
     stop = threading.Event()
     t = threading.Thread(target=r.run, args=(stop,))
     t.start()
     try:
+        yield
+    finally:
+        stop.set()
+        r.stop()
+        t.join(5)
+
+
+def test_metrics_and_trigger(tmp_path: Path) -> None:
+    c = Scripted("gpu_xid", ["OK", "CRITICAL"])
+    c.interval = 3600.0
+    r = HealthRunner([c], HealthConfig(), None)
+    with running(r):
         deadline = time.monotonic() + 5
         while c.runs < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -174,10 +187,6 @@ def test_metrics_and_trigger(tmp_path: Path) -> None:
         while c.runs < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert c.runs == 2
-    finally:
-        stop.set()
-        r.stop()
-        t.join(5)
     fams = {f.name: f for f in r.collector().collect()}
     (sample,) = fams["swarm_health_status"].samples
     assert sample.labels == {"check": "gpu_xid", "action": "investigate"}
@@ -206,10 +215,7 @@ def test_a_trigger_during_a_run_runs_the_check_again_after_it() -> None:
     c.interval = 3600.0
     c.timeout = 10.0
     r = HealthRunner([c], HealthConfig(), None)
-    stop = threading.Event()
-    t = threading.Thread(target=r.run, args=(stop,))
-    t.start()
-    try:
+    with running(r):
         assert c.started.wait(5)
         r.trigger("gpu_xid")  # the first run is still going
         time.sleep(0.2)  # the runner's loop has seen the trigger and found the check busy
@@ -221,10 +227,6 @@ def test_a_trigger_during_a_run_runs_the_check_again_after_it() -> None:
         assert c.runs == 2
         time.sleep(0.2)
         assert c.runs == 2  # once more, not again and again
-    finally:
-        stop.set()
-        r.stop()
-        t.join(5)
     (cond,) = r.snapshot()
     assert cond.status == "CRITICAL"  # the second run's result, recorded after the first's
 

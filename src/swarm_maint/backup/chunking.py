@@ -42,6 +42,7 @@ def read_size_for(readers: int) -> int:
     reads and a tenth with 4 MiB; several share the memory of the windows."""
     return SOLO_READ_SIZE if readers <= 1 else READ_SIZE
 
+
 def buffer_size(max_size: int, read_size: int = READ_SIZE) -> int:
     """Capacity ``cut_fd`` needs in each buffer: room for a carried-over chunk, then one
     read."""
