@@ -111,6 +111,9 @@ def test_lock_of_dead_process_on_this_host_is_removed(storage: LocalStorage) -> 
     with RepositoryLock.acquire_exclusive(storage) as lock:
         assert not storage.exists(stale)
         assert [i.name for i in list_locks(storage)] == [lock.name]
+        assert lock.stale_removed == 1  # a writer died holding it: look for orphan packs
+    with RepositoryLock.acquire_shared(storage) as again:
+        assert again.stale_removed == 0
 
 
 def test_live_lock_of_other_host_blocks_until_it_expires(storage: LocalStorage) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +120,10 @@ def test_backup_job_into_the_default_repository_is_incremental(tmp_path: Path,
     assert all({"job:data", "scheduled"} <= set(obj["tags"]) for _, obj in snaps)
     pw = (tmp_path / "state" / "backups" / "data.pass")
     assert pw.stat().st_mode & 0o777 == 0o600
+    # both runs finished; the first looked for packs a crash left (see orphan_check.py)
+    record = json.loads((tmp_path / "state" / "cache" / repo.id[:32] / "orphan-check.json")
+                        .read_text())
+    assert record["unfinished"] is False and record["checked"] <= time.time()
 
 
 def test_backup_job_failures_are_clear(tmp_path: Path) -> None:

@@ -190,6 +190,9 @@ class RepositoryLock:
         self._stop = threading.Event()
         self._released = False
         self._thread: threading.Thread | None = None
+        # stale locks this acquisition removed: a writer died holding one, so the
+        # repository may hold packs that no index names (see orphan_check.py)
+        self.stale_removed = 0
 
     # -- acquiring ---------------------------------------------------------------------
 
@@ -236,6 +239,7 @@ class RepositoryLock:
         hostname = hostname or local_hostname()
         pid = os.getpid() if pid is None else pid
         deadline = clock.monotonic() + wait
+        removed = 0
         while True:
             lock = cls(storage, exclusive, clock=clock, ttl=ttl, hostname=hostname, pid=pid)
             lock._write_new()
@@ -244,6 +248,7 @@ class RepositoryLock:
             except BaseException:
                 storage.delete(lock.name)
                 raise
+            removed = lock.stale_removed = removed + lock.stale_removed
             if conflict is None:
                 lock._thread = threading.Thread(
                     target=lock._refresh_loop, name=f"repository-lock-{lock.name[6:14]}",
@@ -271,6 +276,7 @@ class RepositoryLock:
                 elif info.stale:
                     log.info("removing stale lock %s (%s)", info.name, info.describe())
                     self.storage.delete(info.name)
+                    self.stale_removed += 1
             if vanished:
                 # A holder's refresh writes its new name before deleting the old one, so
                 # listing again is sure to show the new name if the old one was a refresh.

@@ -3,8 +3,8 @@
 Structure (always): every index file decodes; every pack the index names exists and has
 the size its entries imply; every snapshot decrypts and parses; every tree it reaches
 loads and parses; every blob a tree refers to is in the index. Packs no index names are
-warnings only: a crash (or a running backup) can leave them, and the next backup adopts
-them.
+warnings only: a crash (or a running backup) can leave them, a later backup adopts them
+(orphan_check.py says which), and prune removes those never adopted.
 
 With ``read_data`` (or ``read_data_subset``, a percentage of the packs chosen at random)
 each selected pack is read whole: its unkeyed BLAKE3 must equal its name, its header must
@@ -285,7 +285,7 @@ def verify(repo: Repository, *, read_data: bool = False,
             size = -1
         report.unreferenced_packs.append(Problem(
             "unreferenced_packs", name, f"pack {name} ({size} bytes) is not named by any "
-            "index (left by an interrupted backup or prune; the next backup adopts it, "
+            "index (left by an interrupted backup or prune; a later backup adopts it, "
             "prune removes it)", pack=name))
 
     # snapshots and trees

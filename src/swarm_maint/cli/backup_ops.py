@@ -102,12 +102,13 @@ def state_and_repo(config: Path | None, repo: str, password_file: Path | None,
 
 
 @contextlib.contextmanager
-def locked(repo: Any, exclusive: bool) -> Iterator[None]:
+def locked(repo: Any, exclusive: bool) -> Iterator[Any]:
+    """The repository locked for the block; yields the lock."""
     from ..backup.locks import lock_repository
 
     lock = lock_repository(repo.storage, exclusive)
     try:
-        yield
+        yield lock
     finally:
         lock.release()
 
@@ -218,17 +219,23 @@ def backup_run(paths: Sequence[Path], repo: str, *, tag: Sequence[str] = (),
     assert scanned is not None
     from ..backup.backup import run_backup
     from ..backup.files_cache import FilesCache
+    from ..backup.orphan_check import OrphanCheck
 
-    cache_path = state[0] / "cache" / r.id[:32] / "files.db"
+    cache_dir = state[0] / "cache" / r.id[:32]
     with maintenance_lease(state, "cli: backup run", skip=no_lease), \
-            locked(r, exclusive=False):
-        r.recover_unindexed_packs()
-        cache = FilesCache(cache_path)
+            locked(r, exclusive=False) as lock:
+        check = OrphanCheck(cache_dir)
+        look = check.due(lock.stale_removed)
+        if look:
+            r.recover_unindexed_packs()
+        check.begin(look)
+        cache = FilesCache(cache_dir / "files.db")
         try:
             with bar, no_cyclic_gc():
                 res = run_backup(r, scanned, tags=list(tag), files_cache=cache, progress=bar)
         finally:
             cache.close()
+        check.end()
     out = {"snapshot": res.snapshot_id, "files": res.files, "bytes": res.bytes,
            "added_bytes": res.added_bytes, "seconds": round(res.seconds, 3),
            "partial": res.partial, "errors": res.errors}

@@ -75,6 +75,7 @@ def backup_job(cfg: Config, job: BackupJobConfig, run: JobRun) -> JobOutcome:
     from ..backup.backup import run_backup
     from ..backup.files_cache import FilesCache
     from ..backup.locks import lock_repository
+    from ..backup.orphan_check import OrphanCheck
 
     paths = [str(Path(p).expanduser()) for p in job.paths]
     present = [p for p in paths if os.path.lexists(p)]
@@ -83,13 +84,19 @@ def backup_job(cfg: Config, job: BackupJobConfig, run: JobRun) -> JobOutcome:
         return JobOutcome("failed", f"nothing to back up: {', '.join(missing)} "
                           "do(es) not exist; create it or set [[backup.jobs]] paths")
     repo = open_job_repo(cfg, job)
-    cache = FilesCache(cfg.agent.resolved_state_dir() / "cache" / repo.id[:32] / "files.db")
+    cache_dir = cfg.agent.resolved_state_dir() / "cache" / repo.id[:32]
+    cache = FilesCache(cache_dir / "files.db")
     lock = lock_repository(repo.storage, False)
     try:
-        repo.recover_unindexed_packs()
+        check = OrphanCheck(cache_dir)
+        look = check.due(lock.stale_removed)
+        if look:
+            repo.recover_unindexed_packs()
+        check.begin(look)
         res = run_backup(repo, present, tags=[job_tag(job), "scheduled", *job.tags],
                          excludes=job.exclude, one_file_system=job.one_file_system,
                          files_cache=cache)
+        check.end()
     finally:
         cache.close()
         lock.release()
