@@ -202,3 +202,47 @@ def test_the_scan_loads_none_of_the_engine_s_native_modules() -> None:
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                        timeout=60, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_a_finished_fast_command_ends_without_the_interpreter_s_teardown(
+        tmp_path: Path) -> None:
+    """After a fast-path backup or restore returns, the process ends at once (no atexit
+    handlers, no freeing of every object), with its output complete and nothing it
+    wrote left open; an error, or any other command, still ends the ordinary way."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "weights.bin").write_bytes(bytes(range(256)) * 40_000)
+    repo = tmp_path / "repo"
+    cli(tmp_path, "backup", "init", "--repo", str(repo))
+    probe = ("import atexit, sys\n"
+             "atexit.register(lambda: sys.stderr.write('interpreter teardown\\n'))\n"
+             "sys.argv = ['swarm-maint', *sys.argv[1:]]\n"
+             "from swarm_maint.cli.main import run\n"
+             "run()\n")
+
+    def entry(*argv: str, password: str = "s3cret pass") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True,
+                              text=True, env=env_for(tmp_path, password), timeout=120,
+                              stdin=subprocess.DEVNULL)
+
+    backup = entry("backup", "run", "--repo", str(repo), "--json", str(data))
+    assert backup.returncode == 0, backup.stderr
+    assert "interpreter teardown" not in backup.stderr
+    summary = json.loads(backup.stdout)  # flushed before the end
+    assert summary["files"] == 1 and not summary["partial"]
+    assert not list((repo / "locks").iterdir())  # the lock was released
+    # the files cache was committed: the next run reads nothing again
+    again = entry("backup", "run", "--repo", str(repo), "--json", str(data))
+    assert again.returncode == 0 and json.loads(again.stdout)["added_bytes"] < 4096
+    restore = entry("backup", "restore", "latest", "--repo", str(repo), "--target",
+                    str(tmp_path / "out"))
+    assert restore.returncode == 0 and "interpreter teardown" not in restore.stderr
+    assert restore.stdout.startswith("restored 1 files")
+    assert ((tmp_path / "out" / data.relative_to("/") / "weights.bin").read_bytes()
+            == (data / "weights.bin").read_bytes())
+    # an error ends the ordinary way, with its exit code; so does any other command
+    wrong = entry("backup", "run", "--repo", str(repo), str(data), password="not it")
+    assert wrong.returncode != 0 and "interpreter teardown" in wrong.stderr
+    listing = entry("backup", "snapshots", "--repo", str(repo), "--json")
+    assert listing.returncode == 0 and "interpreter teardown" in listing.stderr
+    assert len(json.loads(listing.stdout)) == 2

@@ -6,8 +6,9 @@ no Typer); every other one goes to a Typer CLI built with just the invoked comma
 from __future__ import annotations
 
 import importlib
+import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ..errors import SwarmMaintError
 from . import fast_path
@@ -73,14 +74,20 @@ def __getattr__(name: str) -> typer.Typer:
     raise AttributeError(name)
 
 
+_finished_fast = False  # a fast-path command returned: nothing is left to clean up
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line on stderr and the error's exit code for every SwarmMaintError."""
+    global _finished_fast
     args = sys.argv[1:] if argv is None else argv
     call = fast_path.parse(args)
     try:
         if call is not None:
             try:
-                return call()
+                code = call()
+                _finished_fast = True
+                return code
             except (EOFError, KeyboardInterrupt):
                 sys.stderr.write("\nswarm-maint: aborted\n")
                 return 130
@@ -118,9 +125,28 @@ def _typer_main(args: list[str]) -> int:
     return rv if isinstance(rv, int) else 0
 
 
+def _exit_without_teardown(code: int) -> NoReturn:
+    """End the process now. A finished ``backup run`` or ``restore`` has closed and synced
+    all it wrote (repository objects fsynced, lock released, files cache and state
+    database closed); the interpreter's teardown would only free every module and object
+    one by one: ~20 ms of the 0.4 s that a backup of unchanged data takes."""
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            code = code or 120  # what the interpreter exits with when this flush fails
+    os._exit(code)
+
+
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    code = main()
+    if _finished_fast:
+        _exit_without_teardown(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
