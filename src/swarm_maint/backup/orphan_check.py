@@ -25,8 +25,12 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["CHECK_EVERY", "OrphanCheck"]
+if TYPE_CHECKING:
+    from .repository import Repository
+
+__all__ = ["CHECK_EVERY", "OrphanCheck", "backup_starts"]
 
 CHECK_EVERY = 7 * 86400.0  # seconds between looks when nothing says one is needed
 _FILE = "orphan-check.json"
@@ -75,3 +79,16 @@ class OrphanCheck:
         tmp = self.path.with_name(f".{_FILE}.{os.getpid()}")
         tmp.write_text(json.dumps({"unfinished": unfinished, "checked": self._checked}))
         tmp.replace(self.path)
+
+
+def backup_starts(repo: Repository, stale_locks_removed: int,
+                  folder: str | os.PathLike[str]) -> OrphanCheck:
+    """Before a backup that holds its lock: adopt unindexed packs when a look is due, and
+    record that a backup started; call ``end()`` on the result once its snapshot is
+    stored."""
+    check = OrphanCheck(folder)
+    look = check.due(stale_locks_removed)
+    if look:
+        repo.recover_unindexed_packs()
+    check.begin(look)
+    return check

@@ -219,16 +219,12 @@ def backup_run(paths: Sequence[Path], repo: str, *, tag: Sequence[str] = (),
     assert scanned is not None
     from ..backup.backup import run_backup
     from ..backup.files_cache import FilesCache
-    from ..backup.orphan_check import OrphanCheck
+    from ..backup.orphan_check import backup_starts
 
     cache_dir = state[0] / "cache" / r.id[:32]
     with maintenance_lease(state, "cli: backup run", skip=no_lease), \
             locked(r, exclusive=False) as lock:
-        check = OrphanCheck(cache_dir)
-        look = check.due(lock.stale_removed)
-        if look:
-            r.recover_unindexed_packs()
-        check.begin(look)
+        check = backup_starts(r, lock.stale_removed, cache_dir)
         cache = FilesCache(cache_dir / "files.db")
         try:
             with bar, no_cyclic_gc():

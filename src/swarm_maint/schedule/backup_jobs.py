@@ -75,7 +75,7 @@ def backup_job(cfg: Config, job: BackupJobConfig, run: JobRun) -> JobOutcome:
     from ..backup.backup import run_backup
     from ..backup.files_cache import FilesCache
     from ..backup.locks import lock_repository
-    from ..backup.orphan_check import OrphanCheck
+    from ..backup.orphan_check import backup_starts
 
     paths = [str(Path(p).expanduser()) for p in job.paths]
     present = [p for p in paths if os.path.lexists(p)]
@@ -88,11 +88,7 @@ def backup_job(cfg: Config, job: BackupJobConfig, run: JobRun) -> JobOutcome:
     cache = FilesCache(cache_dir / "files.db")
     lock = lock_repository(repo.storage, False)
     try:
-        check = OrphanCheck(cache_dir)
-        look = check.due(lock.stale_removed)
-        if look:
-            repo.recover_unindexed_packs()
-        check.begin(look)
+        check = backup_starts(repo, lock.stale_removed, cache_dir)
         res = run_backup(repo, present, tags=[job_tag(job), "scheduled", *job.tags],
                          excludes=job.exclude, one_file_system=job.one_file_system,
                          files_cache=cache)
