@@ -1,6 +1,7 @@
-"""The node's host name, as ``socket.gethostname()`` gives it on Linux (both read the
-kernel's node name), without importing ``socket``: a cold start of ``backup run`` would
-load the ``_socket`` extension for nothing else."""
+"""The node's host name, the one source of it for the whole project: what
+``socket.gethostname()`` gives on Linux (both read the kernel's node name), without
+importing ``socket``, whose ``_socket`` extension a cold ``backup run`` would otherwise
+load for nothing else."""
 
 from __future__ import annotations
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from ..hostname import local_hostname
 from .base import _Section, default_state_dir, parse_listen
 
 __all__ = ["AgentConfig"]
@@ -48,4 +48,4 @@ class AgentConfig(_Section):
         return Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()
 
     def resolved_node_name(self) -> str:
-        return self.node_name or socket.gethostname()
+        return self.node_name or local_hostname()

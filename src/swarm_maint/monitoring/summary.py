@@ -5,11 +5,11 @@ Built from one collection frame only, so it is consistent and costs no extra rea
 
 from __future__ import annotations
 
-import socket
 from collections import defaultdict
 from typing import Any
 
 from .. import __version__
+from ..hostname import local_hostname
 from .hub import Frame, MetricsHub
 
 __all__ = ["node_summary"]
@@ -101,7 +101,7 @@ def node_summary(hub: MetricsHub) -> dict[str, Any]:
         )
     return {
         "node": hub.node_name,
-        "hostname": socket.gethostname(),
+        "hostname": local_hostname(),
         "version": __version__,
         "uptime_seconds": round(hub.uptime(), 3),
         "collected_at": frame.timestamp or None,

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import smtplib
-import socket
 import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import TYPE_CHECKING, Any
 
+from ...hostname import local_hostname
 from ..outbox import ZERO_TIME
 from . import Batch, NotifyError, one_line
 from .slack import batch_title
@@ -162,7 +162,7 @@ class EmailNotifier:
         context = self._context() if self.security != "none" else None
         msg = build_message(batch, self.from_address, self.to)
         # Alertmanager greets with the plain host name as well; getfqdn() may block on DNS.
-        local = socket.gethostname()
+        local = local_hostname()
         step = "connect"
         smtp: smtplib.SMTP | None = None
         try:
