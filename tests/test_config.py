@@ -77,6 +77,20 @@ retention = "14d"
         ("[[alerts.routes]]\nreceivers = []\n", "alerts.routes[0].receivers", "at least 1"),
         ("[alerts]\nmaintenance_expected = ['x=~(']\n", "alerts.maintenance_expected",
          "bad regular expression"),
+        # TOML's nan passes every minimum (all comparisons are false); inf and 1e400
+        # overflow the calendar and have no JSON spelling
+        ("[monitoring]\ninterval = nan\n", "monitoring.interval", "not a finite duration"),
+        ("[monitoring]\ninterval = inf\n", "monitoring.interval", "not a finite duration"),
+        ("[schedule]\njitter = 1e400\n", "schedule.jitter", "not a finite duration"),
+        ("[schedule]\njitter = '6000w'\n", "schedule.jitter", "longer than 100 years"),
+        ("[schedule.jobs.health]\nschedule = '0 3 31 2 *'\n", "schedule.jobs.health.schedule",
+         "never fires"),
+        ("[[backup.jobs]]\nname = 'x'\npaths = ['/d']\nschedule = '0 0 30 2 *'\n",
+         "backup.jobs[0].schedule", "never fires"),
+        ("[backup.config_snapshots]\npaths = ['']\n", "backup.config_snapshots.paths",
+         "empty path"),
+        ("[[backup.jobs]]\nname = 'x'\npaths = ['data/models']\n", "backup.jobs[0].paths",
+         "give an absolute path"),
     ],
 )
 def test_invalid_values_name_file_key_problem(
@@ -173,3 +187,20 @@ def test_every_command_takes_config_as_the_contract_says() -> None:
     missing = [name for name, opts in commands if "--config" not in opts
                and name not in {"config check", "alerts rules check"}]
     assert missing == []
+
+
+def test_a_leap_day_schedule_is_valid() -> None:
+    from swarm_maint.schedule.cron import check_cron
+
+    assert check_cron("0 0 29 2 *") == "0 0 29 2 *"  # every four years, but it fires
+
+
+def test_print_json_writes_strict_json(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from swarm_maint.cli.plain import print_json
+
+    print_json({"a": float("nan"), "b": [1.5, float("-inf")], "c": ("x", 2)})
+    out = capsys.readouterr().out
+    assert json.loads(out, parse_constant=lambda c: pytest.fail(f"non-JSON {c}")) == {
+        "a": None, "b": [1.5, None], "c": ["x", 2]}

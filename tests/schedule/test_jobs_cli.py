@@ -108,3 +108,25 @@ def test_run_refuses_while_another_process_holds_the_lease(node: Any, tmp_path: 
     assert health.returncode == 0, health.stderr
     assert cli(path, "run", "backup:data").returncode == 0  # free once the holder died
 
+
+
+def test_brackets_in_a_job_summary_are_text_not_markup(tmp_path: Path) -> None:
+    """A path like ``x[/]y`` in a failed job's summary once crashed every later
+    ``jobs run|list|history`` (Rich read it as a closing tag)."""
+    import tomli_w
+
+    from tests.schedule.conftest import node_settings
+
+    settings = node_settings(tmp_path)
+    missing = str(tmp_path / "x[/]nope")
+    settings["backup"]["jobs"] = [{"name": "m", "paths": [missing]}]
+    path = tmp_path / "swarm-maint.toml"
+    path.write_text(tomli_w.dumps(settings))
+    ran = cli(path, "run", "backup:m")
+    assert ran.returncode == 1, ran.stderr  # failed: nothing to back up
+    assert missing in ran.stdout and "[[backup.jobs]]" in ran.stdout
+    for args in (("history",), ("list",)):
+        out = cli(path, *args)
+        assert out.returncode == 0, out.stderr
+        assert "Traceback" not in out.stderr
+    assert "x[/]nope" in cli(path, "history").stdout

@@ -579,3 +579,27 @@ def test_a_job_switched_off_and_never_run_exports_nothing(store):
     coll.invalidate()
     jobs = {sm.labels.get("job") for m in coll.collect() for sm in m.samples}
     assert jobs == {"health", "diagnostics"}
+
+
+@pytest.mark.expect_logged_errors
+def test_a_pass_that_raises_does_not_end_the_scheduler(store, monkeypatch):
+    """One unforeseen error (a library bug, a broken schedule) must not stop every later
+    job while the agent keeps serving."""
+    import threading
+
+    clock = FakeClock(T0)
+    sched = make(store, clock)
+    calls: list[int] = []
+    stop = threading.Event()
+
+    def tick() -> float:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        stop.set()
+        return 0.0
+
+    monkeypatch.setattr(sched, "tick", tick)
+    monkeypatch.setattr("swarm_maint.schedule.scheduler._POLL_WAITING", 0.0)
+    sched.run(stop)
+    assert len(calls) == 2

@@ -92,6 +92,12 @@ class Repository:
             raise RepositoryExistsError(f"{storage.location()}: a repository already exists")
         if not password:
             raise RepositoryError("refusing an empty password")
+        if not storage.is_empty():
+            # its files would be mixed with the repository's, and prune deletes what it
+            # does not know
+            raise RepositoryExistsError(
+                f"{storage.location()}: not empty and not a repository; a repository is "
+                "created only in a new or empty directory")
         key = MasterKey.generate()
         ch = chunker or ChunkerParams()
         config: dict[str, Any] = {

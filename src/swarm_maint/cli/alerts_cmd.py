@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..durations import format_duration, parse_duration
@@ -81,8 +82,8 @@ def list_rules(config: ConfigOption = None, json_out: JsonOption = False) -> Non
     for col in ("group", "alert", "severity", "for", "expr"):
         t.add_column(col, overflow="fold")
     for r in rules:
-        t.add_row(r.group, r.name, r.labels.get("severity", "-"),
-                  format_duration(r.for_seconds), r.expr.text)
+        t.add_row(escape(r.group), escape(r.name), escape(r.labels.get("severity", "-")),
+                  format_duration(r.for_seconds), escape(r.expr.text))
     Console().print(t)
 
 
@@ -116,7 +117,7 @@ def list_alerts(config: ConfigOption = None, json_out: JsonOption = False) -> No
         return
     console = Console()
     if not alerts:
-        console.print(f"no active alerts ({source})")
+        console.print(f"no active alerts ({source})", markup=False)
         return
     t = Table(title=f"alerts · {source}")
     for col in ("alert", "state", "severity", "labels", "since", "delivery"):
@@ -133,8 +134,9 @@ def list_alerts(config: ConfigOption = None, json_out: JsonOption = False) -> No
             delivery += f" [silenced by {a['silenced_by']}]"
         if a.get("held_by"):
             delivery += f" [held by maintenance {a['held_by']}]"
-        t.add_row(a["alertname"], state, a["labels"].get("severity", "-"), labels or "-",
-                  _when(a["active_since"]), delivery)
+        t.add_row(escape(a["alertname"]), escape(state),
+                  escape(a["labels"].get("severity", "-")), escape(labels or "-"),
+                  _when(a["active_since"]), escape(delivery))
     console.print(t)
 
 
@@ -220,8 +222,8 @@ def silence_list(
     for col in ("id", "state", "matchers", "ends", "by", "comment"):
         t.add_column(col, overflow="fold")
     for s in found:
-        t.add_row(s.id, s.state(now), " ".join(s.matchers), _when(s.ends), s.created_by,
-                  s.comment)
+        t.add_row(s.id, s.state(now), escape(" ".join(s.matchers)), _when(s.ends),
+                  escape(s.created_by), escape(s.comment))
     Console().print(t)
 
 
@@ -310,8 +312,8 @@ def maintenance_list(
     for col in ("id", "reason", "holding", "started", "ended", "deadline", "matchers"):
         t.add_column(col, overflow="fold")
     for w in found:
-        t.add_row(w.id, w.reason, "yes" if w.holds(now, maint.grace) else "no",
+        t.add_row(w.id, escape(w.reason), "yes" if w.holds(now, maint.grace) else "no",
                   _when(w.started), _when(w.ended), _when(w.deadline),
-                  " ".join(w.matchers) or "(alerts.maintenance_expected)")
+                  escape(" ".join(w.matchers)) or "(alerts.maintenance_expected)")
     Console().print(t)
 

@@ -85,6 +85,7 @@ def snapshots(repo: RepoOption, password_file: PasswordFileOption = None,
         print_json([{"id": sid, **obj} for sid, obj in snaps])
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table()
@@ -92,8 +93,9 @@ def snapshots(repo: RepoOption, password_file: PasswordFileOption = None,
         t.add_column(col)
     for sid, obj in snaps:
         s = obj.get("summary", {})
-        t.add_row(sid[:12], _when(obj["time"]), obj.get("hostname", ""),
-                  ",".join(obj.get("tags", [])), "\n".join(obj.get("paths", [])),
+        t.add_row(sid[:12], _when(obj["time"]), escape(obj.get("hostname", "")),
+                  escape(",".join(obj.get("tags", []))),
+                  escape("\n".join(obj.get("paths", []))),
                   str(s.get("files", "")), f"{s.get('bytes', 0) / 2**20:.1f} MiB",
                   "yes" if obj.get("partial") else "")
     Console().print(t)

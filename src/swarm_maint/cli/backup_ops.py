@@ -36,14 +36,9 @@ def _say(msg: str, *, err: bool = False) -> None:
 
 def read_password(password_file: Path | None, *, confirm: bool = False) -> str:
     if password_file is not None:
-        try:
-            text = password_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--password-file {password_file}: {exc.strerror}") from None
-        pw = text.splitlines()[0] if text else ""
-        if not pw:
-            raise UsageError(f"--password-file {password_file}: the file is empty")
-        return pw
+        from ..backup.passwords import read_password_file
+
+        return read_password_file(password_file, "--password-file")
     env = os.environ.get("SWARM_MAINT_PASSWORD")
     if env:
         return env
@@ -174,8 +169,10 @@ class ProgressBar:
 
     def on_error(self, path: str, msg: str) -> None:
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True).print(f"[yellow]warning[/]: {path}: {msg}", highlight=False)
+        Console(stderr=True).print(f"[yellow]warning[/]: {escape(path)}: {escape(msg)}",
+                                   highlight=False)
 
 
 @contextlib.contextmanager

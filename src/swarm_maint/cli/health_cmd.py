@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UsageError
@@ -68,8 +69,8 @@ def run(
         for col in ("check", "status", "message", "action"):
             t.add_column(col)
         for r in results:
-            t.add_row(r.check, f"[{_STYLE[r.status]}]{r.status}", r.message,
-                      r.action if r.action and r.status != "OK" else "")
+            t.add_row(escape(r.check), f"[{_STYLE[r.status]}]{r.status}", escape(r.message),
+                      escape(r.action) if r.action and r.status != "OK" else "")
         Console().print(t)
     raise typer.Exit(exit_code(results))
 
@@ -93,7 +94,8 @@ def list_(config: ConfigOption = None, json_out: JsonOption = False) -> None:
     for col in ("check", "level", "interval", "timeout"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["check"], str(r["level"]), f"{r['interval']:g}s", f"{r['timeout']:g}s")
+        t.add_row(escape(r["check"]), str(r["level"]), f"{r['interval']:g}s",
+                  f"{r['timeout']:g}s")
     Console().print(t)
 
 
@@ -117,6 +119,7 @@ def history(
         t.add_column(col)
     for r in rows:
         t.add_row(datetime.fromtimestamp(r["ts"], UTC).strftime("%Y-%m-%d %H:%M:%S"),
-                  r["check"], f"{r['from']} -> [{_STYLE.get(r['to'], '')}]{r['to']}",
-                  r["message"])
+                  escape(r["check"]),
+                  f"{escape(r['from'])} -> [{_STYLE.get(r['to'], '')}]{escape(r['to'])}",
+                  escape(r["message"]))
     Console().print(t)

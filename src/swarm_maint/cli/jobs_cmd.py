@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UsageError
@@ -74,7 +75,7 @@ def _took(seconds: float | None) -> str:
 
 def _status(s: str) -> str:
     style = _STYLE.get(s)
-    return f"[{style}]{s}[/]" if style else s
+    return f"[{style}]{s}[/]" if style else escape(s)
 
 
 def _from_agent(config: Path | None, url: str | None) -> list[dict[str, Any]] | None:
@@ -114,12 +115,13 @@ def list_jobs(config: ConfigOption = None, state_dir: StateDirOption = None,
     for j in jobs:
         last: dict[str, Any] | None = j["last_run"]
         rules = [w for w, on in (("window", j["window"]), ("lease", j["lease"])) if on]
-        t.add_row(j["name"], j["schedule"] + (f"\n({', '.join(rules)})" if rules else ""),
-                  j["state"] + (f"\n{j['reason']}" if j["reason"] else ""),
+        t.add_row(escape(j["name"]),
+                  escape(j["schedule"] + (f"\n({', '.join(rules)})" if rules else "")),
+                  escape(j["state"] + (f"\n{j['reason']}" if j["reason"] else "")),
                   _when(j["next_run"]), _when(last["ended"] if last else None),
                   _status(last["status"]) if last else "-",
                   _took(last["duration"] if last else None),
-                  last["summary"] if last else "")
+                  escape(last["summary"]) if last else "")
     Console().print(t)
 
 
@@ -145,8 +147,8 @@ def history(
         t.add_column(col, overflow="fold")
     for r in runs:
         trig = r.trigger + (f" #{r.attempt}" if r.attempt > 1 else "")
-        t.add_row(str(r.id), r.job, trig, _when(r.started), _when(r.ended),
-                  _status(r.status), _took(r.duration), r.summary)
+        t.add_row(str(r.id), escape(r.job), escape(trig), _when(r.started), _when(r.ended),
+                  _status(r.status), _took(r.duration), escape(r.summary))
     Console().print(t)
 
 
@@ -170,7 +172,7 @@ def run(
     if json_out:
         print_json(rec.to_json())
     else:
-        Console().print(f"{name}: {_status(rec.status)} in {_took(rec.duration)}: "
-                        f"{rec.summary}", highlight=False)
+        Console().print(f"{escape(name)}: {_status(rec.status)} in {_took(rec.duration)}: "
+                        f"{escape(rec.summary)}", highlight=False)
     if rec.status == "failed":
         raise typer.Exit(1)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -67,5 +68,18 @@ def state_store(cfg: Config | Path) -> Iterator[Store]:
         store.close()
 
 
+def _finite(data: Any) -> Any:
+    """``data`` with NaN and infinities as null: JSON has no spelling for them, and
+    Python's ``NaN``/``Infinity`` tokens break jq and most parsers."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(v) for v in data]
+    return data
+
+
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    sys.stdout.write(json.dumps(_finite(data), indent=2, sort_keys=False,
+                                allow_nan=False) + "\n")

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..config import Config, parse_listen
@@ -78,8 +79,8 @@ def render(data: dict[str, Any], console: Console) -> None:
     head.add_column(style="bold")
     head.add_column()
     cpu, mem, net, disk = data["cpu"], data["memory"], data["network"], data["disk"]
-    head.add_row("source", data.get("source", ""))
-    head.add_row("version", data["version"])
+    head.add_row("source", escape(data.get("source", "")))
+    head.add_row("version", escape(data["version"]))
     head.add_row("CPU", f"{_pct(cpu['utilization'])} of {_num(cpu['count'], '{:.0f}')} cores, "
                  f"load {_num(cpu['load1'])} {_num(cpu['load5'])} {_num(cpu['load15'])}")
     head.add_row("memory", f"{_bytes(mem['used_bytes'])} / {_bytes(mem['total_bytes'])} "
@@ -91,13 +92,14 @@ def render(data: dict[str, Any], console: Console) -> None:
                  f"write {_bytes(disk['write_bytes_per_second'])}/s")
     gpu = data["gpu"]
     detail = f": {gpu['message']}" if gpu["message"] else ""
-    head.add_row("GPUs", f"{gpu['count']} ({gpu['state']}{detail})")
+    head.add_row("GPUs", escape(f"{gpu['count']} ({gpu['state']}{detail})"))
     health = data.get("health")
     if health:
         colour = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red",
                   "UNKNOWN": "magenta"}.get(health["status"], "")
         lines = [f"[{colour}]{health['status']}[/]"] + [
-            f"{p['status']} {p['check']}: {p['message']}" for p in health["problems"]]
+            escape(f"{p['status']} {p['check']}: {p['message']}")
+            for p in health["problems"]]
         head.add_row("health", "\n".join(lines))
     console.print(head)
 
@@ -107,7 +109,7 @@ def render(data: dict[str, Any], console: Console) -> None:
             t.add_column(col)
         for d in gpu["devices"]:
             t.add_row(
-                str(d["index"]), d.get("name", ""), _pct(d.get("utilization")),
+                str(d["index"]), escape(d.get("name", "")), _pct(d.get("utilization")),
                 f"{_bytes(d.get('memory_used_bytes'))} / {_bytes(d.get('memory_total_bytes'))}",
                 _num(d.get("temperature_celsius"), "{:.0f} °C"),
                 _num(d.get("power_watts"), "{:.0f} W"),
@@ -120,7 +122,7 @@ def render(data: dict[str, Any], console: Console) -> None:
         for col in ("mount", "type", "size", "available", "used", "ro"):
             t.add_column(col)
         for f in data["filesystems"]:
-            t.add_row(f["mountpoint"], f["fstype"], _bytes(f["size_bytes"]),
+            t.add_row(escape(f["mountpoint"]), escape(f["fstype"]), _bytes(f["size_bytes"]),
                       _bytes(f["avail_bytes"]), _pct(f["used_ratio"]),
                       "yes" if f["readonly"] else "")
         console.print(t)
@@ -135,8 +137,9 @@ def render(data: dict[str, Any], console: Console) -> None:
         for j in jobs:
             last = j.get("last_status") or "-"
             shade = result_colour.get(last)
-            t.add_row(j["name"], j["state"], f"[{shade}]{last}[/]" if shade else last,
-                      _time(j.get("next_run")), j.get("summary") or "")
+            t.add_row(escape(j["name"]), escape(j["state"]),
+                      f"[{shade}]{last}[/]" if shade else escape(last),
+                      _time(j.get("next_run")), escape(j.get("summary") or ""))
         console.print(t)
 
     t = Table(title="collectors")
@@ -144,9 +147,9 @@ def render(data: dict[str, Any], console: Console) -> None:
         t.add_column(col)
     for c in data["collectors"]:
         style = {"ok": "green", "degraded": "yellow", "unavailable": "dim", "error": "red"}
-        t.add_row(c["name"], f"[{style.get(c['state'], '')}]{c['state']}",
+        t.add_row(escape(c["name"]), f"[{style.get(c['state'], '')}]{escape(c['state'])}",
                   _num(c["duration_seconds"] and c["duration_seconds"] * 1000, "{:.1f} ms"),
-                  c["message"])
+                  escape(c["message"]))
     console.print(t)
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UsageError
@@ -77,10 +78,10 @@ def _plan_table(items: list[PlanItem]) -> Table:
                 "disruptive", "action"):
         t.add_column(col)
     for i in items:
-        t.add_row(i.manager, i.name, i.current, i.candidate, i.origin,
-                  "yes" if i.security else "", "yes" if i.held else "",
-                  i.disruption or "", "[green]install" if i.selected
-                  else f"[dim]skip: {i.skip_reason}")
+        t.add_row(escape(i.manager), escape(i.name), escape(i.current), escape(i.candidate),
+                  escape(i.origin), "yes" if i.security else "", "yes" if i.held else "",
+                  escape(i.disruption or ""), "[green]install" if i.selected
+                  else f"[dim]skip: {escape(i.skip_reason or '')}")
     return t
 
 
@@ -211,11 +212,11 @@ def history(
     for r in runs:
         con.print(f"[bold]run {r.id}[/] {r.mode} ({r.trigger}) {_when(r.started)} → "
                   f"{_when(r.ended)}  [{'green' if r.status == 'succeeded' else 'red'}]"
-                  f"{r.status}[/]" + (f": {r.error}" if r.error else ""))
+                  f"{r.status}[/]" + (f": {escape(r.error)}" if r.error else ""))
         con.print("  " + ", ".join(f"{i.manager}:{i.name} {i.current}→{i.candidate}"
                                    for i in r.items), markup=False)
         t = Table(show_header=False, box=None, padding=(0, 2))
         for s in r.steps:
-            t.add_row(s.step, s.status, s.detail)
+            t.add_row(escape(s.step), escape(s.status), escape(s.detail))
         con.print(t)
 

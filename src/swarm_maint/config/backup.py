@@ -12,6 +12,17 @@ from .schedule import check_cron_field
 __all__ = ["BackupConfig", "BackupJobConfig", "ConfigSnapshotsConfig"]
 
 
+def _absolute_paths(v: list[str]) -> list[str]:
+    """Each path absolute or under ``~``: an empty or relative one would be read from
+    the agent's working directory (``/`` under systemd), the whole filesystem."""
+    for p in v:
+        if not p.strip():
+            raise ValueError("empty path")
+        if not (p.startswith(("/", "~/")) or p == "~"):
+            raise ValueError(f"{p!r}: give an absolute path (or one under ~)")
+    return v
+
+
 class ConfigSnapshotsConfig(_Section):
     repo: str = Field(
         "",
@@ -30,6 +41,8 @@ class ConfigSnapshotsConfig(_Section):
         description="System and workload configuration to snapshot; paths that do not "
         "exist are skipped. The agent's own config file is always added.",
     )
+
+    _paths = field_validator("paths")(_absolute_paths)
 
 
 class BackupJobConfig(_Section):
@@ -54,6 +67,7 @@ class BackupJobConfig(_Section):
                               "hung mount) is killed and failed; 0s: no limit.")
 
     _schedule = field_validator("schedule")(check_cron_field)
+    _paths = field_validator("paths")(_absolute_paths)
 
     @field_validator("name")
     @classmethod

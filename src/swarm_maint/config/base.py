@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
@@ -13,16 +14,27 @@ from ..durations import format_duration, parse_duration
 __all__ = ["Duration", "default_state_dir", "parse_listen"]
 
 
+_MAX_SECONDS = 100 * 366 * 86400.0  # a century: past it, times overflow the calendar
+
+
 def _to_seconds(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration string such as '30s'")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("durations cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        return parse_duration(value)
-    raise ValueError("expected a duration string such as '30s'")
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = parse_duration(value)
+    else:
+        raise ValueError("expected a duration string such as '30s'")
+    # TOML has nan and inf: every comparison with NaN is false, so it would pass the
+    # minimums, and JSON has no spelling for either
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a finite duration")
+    if seconds < 0:
+        raise ValueError("durations cannot be negative")
+    if seconds > _MAX_SECONDS:
+        raise ValueError(f"{value!r} is longer than 100 years")
+    return seconds
 
 
 Duration = Annotated[

@@ -9,7 +9,6 @@ empty repository somewhere else.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from .job import JobOutcome, JobRun
 
 if TYPE_CHECKING:  # the backup engine (crypto, compression) loads when a job first runs
     from ..backup.repository import Repository
+    from ..backup.storage import Storage
 
 __all__ = ["backup_job", "job_tag", "open_job_repo", "repositories", "retention", "verify_all"]
 
@@ -32,24 +32,14 @@ def _default_location(cfg: Config, job: BackupJobConfig) -> Path:
     return cfg.agent.resolved_state_dir() / "backups" / job.name
 
 
-def _password(cfg: Config, job: BackupJobConfig) -> str:
+def _password(cfg: Config, job: BackupJobConfig, storage: Storage) -> str:
+    from ..backup.passwords import generated_password, read_password_file
+
     if job.password_file:
-        path = Path(job.password_file).expanduser()
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise ConfigError(f"backup.jobs {job.name}: password_file {path}: "
-                              f"{exc.strerror}") from None
-        if not lines or not lines[0]:
-            raise ConfigError(f"backup.jobs {job.name}: password_file {path} is empty")
-        return lines[0]
-    path = _default_location(cfg, job).with_suffix(".pass")
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
-    return path.read_text(encoding="utf-8").splitlines()[0]
+        return read_password_file(Path(job.password_file).expanduser(),
+                                  f"backup.jobs {job.name}: password_file", ConfigError)
+    return generated_password(_default_location(cfg, job).with_suffix(".pass"),
+                              repository_exists=storage.exists("config"))
 
 
 def open_job_repo(cfg: Config, job: BackupJobConfig) -> Repository:
@@ -58,7 +48,7 @@ def open_job_repo(cfg: Config, job: BackupJobConfig) -> Repository:
 
     url = job.repo or str(_default_location(cfg, job))
     storage = open_storage(url)
-    password = _password(cfg, job)
+    password = _password(cfg, job, storage)
     try:
         return Repository.open(storage, password)
     except RepositoryNotFoundError:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from functools import cached_property
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 
 __all__ = ["CronSpec", "check_cron", "resolve_timezone"]
+
+_SOME_START = 1_767_225_600.0  # 2026-01-01: any fixed start will do
 
 
 def resolve_timezone(name: str) -> tzinfo:
@@ -42,10 +44,15 @@ def resolve_timezone(name: str) -> tzinfo:
 def check_cron(expr: str) -> str:
     """``expr`` if croniter accepts it; a readable ValueError otherwise."""
     try:
-        croniter(expr)
+        it = croniter(expr, datetime.fromtimestamp(_SOME_START, UTC))
     except (CroniterError, ValueError, KeyError) as exc:
         raise ValueError(f"invalid cron expression {expr!r}: {exc} (five fields: minute "
                          "hour day-of-month month day-of-week, e.g. '0 3 * * *')") from None
+    try:  # parses, but may name a day that never comes (31 February)
+        it.get_next(float)
+    except (CroniterError, ValueError, OverflowError):
+        raise ValueError(f"cron expression {expr!r} never fires (a date that does not "
+                         "exist, such as 31 February?)") from None
     return expr
 
 
@@ -76,12 +83,12 @@ class CronSpec:
     @cached_property
     def period(self) -> float:
         """The longest gap between consecutive fires over a year of them (at most 400)."""
-        t = self.next_after(1_767_225_600.0)  # 2026-01-01: any fixed start will do
+        t = self.next_after(_SOME_START)
         gap = 0.0
         for _ in range(400):
             n = self.next_after(t)
             gap = max(gap, n - t)
             t = n
-            if t > 1_767_225_600.0 + 366 * 86400:
+            if t > _SOME_START + 366 * 86400:
                 break
         return gap

@@ -167,6 +167,11 @@ class Scheduler:
                 except SwarmMaintError as exc:
                     log.warning("scheduler: %s", exc)
                     wait = _POLL_WAITING
+                except Exception:
+                    # a bug or an unforeseen library error in one pass must not end every
+                    # later job: log it and try again
+                    log.exception("scheduler: a pass failed; retrying")
+                    wait = _POLL_WAITING
                 self._wake.wait(max(0.05, min(wait, _MAX_SLEEP)))
                 self._wake.clear()
         finally:

@@ -47,6 +47,11 @@ class Storage(Protocol):
     def exists(self, name: str) -> bool:
         ...
 
+    def is_empty(self) -> bool:
+        """Nothing is stored there yet (a new or empty directory, bucket or prefix):
+        the only place a repository may be created."""
+        ...
+
     def list(self, prefix: str) -> list[str]:
         """Names of the objects whose name starts with ``prefix`` (e.g. ``"index/"``)."""
         ...

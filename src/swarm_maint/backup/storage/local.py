@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 
 from ..direct_io import ALIGN, AlignedBuffer, align_up, pwrite_all, read_direct_into, set_direct
-from ..errors import StorageFullError
+from ..errors import RepositoryNotFoundError, StorageFullError
 from .base import check_name
 
 __all__ = ["LocalStorage"]
@@ -21,6 +21,8 @@ __all__ = ["LocalStorage"]
 class LocalStorage:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().absolute()
+        if self.root.exists() and not self.root.is_dir():
+            raise RepositoryNotFoundError(f"{self.root}: not a directory, so not a repository")
 
     def location(self) -> str:
         return str(self.root)
@@ -93,6 +95,13 @@ class LocalStorage:
 
     def exists(self, name: str) -> bool:
         return self._path(name).exists()
+
+    def is_empty(self) -> bool:
+        try:
+            with os.scandir(self.root) as it:
+                return next(it, None) is None
+        except FileNotFoundError:
+            return True
 
     def list(self, prefix: str) -> list[str]:
         base = self.root / prefix.rstrip("/") if prefix else self.root
