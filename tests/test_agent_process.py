@@ -97,6 +97,47 @@ def test_status_without_agent_reads_the_node(tmp_path: Path) -> None:
     assert data["source"].startswith("read locally")
     assert data["cpu"]["count"] == os.cpu_count()
     assert 0 <= data["cpu"]["utilization"] <= 1  # two readings were taken
+    assert data["health"] is None and data["jobs"] == []  # the documented keys, always
+
+
+def test_something_else_at_the_agent_url_is_not_taken_for_an_agent(tmp_path: Path) -> None:
+    """A web server that is not the agent (a page, a list) is read past, not trusted."""
+    import sys
+
+    www = tmp_path / "www" / "api" / "v1"
+    www.mkdir(parents=True)
+    (www / "status").write_text("not json")
+    (www / "jobs").write_text("[1, 2]")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                               "127.0.0.1", "--directory", str(tmp_path / "www")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=1.0)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+        r = subprocess.run([*CLI, "status", "--json", "--url", url], capture_output=True,
+                           text=True, timeout=60, env=env)
+        assert r.returncode == 0, r.stderr
+        data = json.loads(r.stdout)
+        assert data["source"] == f"read locally (no swarm-maint agent answered at {url})"
+        r = subprocess.run([*CLI, "jobs", "list", "--json", "--url", url],
+                           capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 0, r.stderr
+        assert {j["name"] for j in json.loads(r.stdout)} >= {"health", "backup:data"}
+    finally:
+        server.terminate()
+        server.wait(10)
+    for bad in ("http://[bad", "localhost:9"):
+        r = subprocess.run([*CLI, "status", "--url", bad], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 2 and "--url" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:

@@ -6,7 +6,9 @@
     ├── StateError             exit 4   the state directory or database cannot be used
     ├── AgentUnreachableError  exit 5   no agent answers at the configured address
     ├── PluginError            exit 6   a configured plugin cannot be loaded
-    └── ServiceError           exit 7   the systemd unit cannot be installed or removed
+    ├── ServiceError           exit 7   the systemd unit cannot be installed or removed
+    └── FileAccessError        exit 9   a file or directory the command needs cannot be
+                                        used (permission denied, not a directory, …)
 
 The CLI prints ``str(error)`` on one line and exits with ``error.exit_code``;
 tracebacks appear only with ``--debug``.
@@ -14,9 +16,12 @@ tracebacks appear only with ``--debug``.
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "AgentUnreachableError",
     "ConfigError",
+    "FileAccessError",
     "PluginError",
     "ServiceError",
     "StateError",
@@ -65,3 +70,20 @@ class ServiceError(SwarmMaintError):
     """The systemd unit cannot be written, removed, enabled or started (names the command)."""
 
     exit_code = 7
+
+
+class FileAccessError(SwarmMaintError):
+    """An operating-system error on a file or directory the command needed, that no
+    narrower error explains; the CLI turns any OSError that reaches it into this."""
+
+    exit_code = 9
+
+    @classmethod
+    def from_os_error(cls, exc: OSError) -> FileAccessError:
+        what = exc.strerror or str(exc)
+        if exc.filename is None:
+            return cls(what)
+        names = os.fsdecode(exc.filename)
+        if exc.filename2 is not None:
+            names += f" -> {os.fsdecode(exc.filename2)}"
+        return cls(f"{names}: {what}")

@@ -206,23 +206,28 @@ def test_refresh_keeps_the_lock_alive(storage: LocalStorage) -> None:
     assert lock.released
 
 
-def test_garbage_is_reported_and_does_not_block(
+def test_garbage_blocks_sole_access_and_is_reported_to_shared_lockers(
     storage: LocalStorage, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """An unreadable lock (a newer program's, or damage) may hold anything: prune, which
+    deletes data, must not go past it; a backup or restore reads past it with a warning."""
     garbage = "locks/" + "f" * 64
     storage.write(garbage, b"\xffnot json")
     wrong = "locks/" + "e" * 64
     storage.write(wrong, json.dumps({"version": 1, "exclusive": "yes"}).encode())
-    with caplog.at_level(logging.WARNING, logger="swarm_maint"):
-        with RepositoryLock.acquire_exclusive(storage):
-            pass
-        with RepositoryLock.acquire_shared(storage):
-            pass
+    with pytest.raises(LockedError, match=r"cannot be read.*unlock --remove-all"):
+        RepositoryLock.acquire_exclusive(storage)
+    with caplog.at_level(logging.WARNING, logger="swarm_maint"), \
+            RepositoryLock.acquire_shared(storage):
+        pass
     assert garbage in caplog.text and wrong in caplog.text
     infos = {i.name: i for i in list_locks(storage)}
     assert set(infos) == {garbage, wrong}
     assert all(i.error is not None and not i.stale for i in infos.values())
     assert remove_stale_locks(storage) == []  # unreadable objects are not judged stale
+    assert remove_all_locks(storage) == 2
+    with RepositoryLock.acquire_exclusive(storage):
+        pass
 
 
 def test_wait_retries_until_the_holder_releases(storage: LocalStorage) -> None:

@@ -34,6 +34,7 @@ from .files_cache import CacheEntry, FilesCache
 from .packs import DATA
 from .repository import Repository
 from .scan import Entry, NullProgress, Progress, Scan, is_excluded, normalize_paths
+from .tags import check_tags
 from .tree import Node, save_tree
 
 __all__ = [
@@ -267,6 +268,7 @@ def run_backup(
 ) -> BackupResult:
     """Back up ``paths`` (or a Scan of them taken beforehand, whose excludes and
     one_file_system then apply) and save a snapshot; see the module docstring."""
+    tags = check_tags(tags)
     clock = clock or SystemClock()
     started = clock.time()
     started_mono = clock.monotonic()

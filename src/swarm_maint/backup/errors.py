@@ -10,6 +10,7 @@ __all__ = [
     "RepositoryError",
     "RepositoryExistsError",
     "RepositoryNotFoundError",
+    "SnapshotSelectorError",
     "StorageFullError",
     "WrongPasswordError",
 ]
@@ -27,6 +28,12 @@ class RepositoryNotFoundError(RepositoryError):
 
 class RepositoryExistsError(RepositoryError):
     exit_code = 10
+
+
+class SnapshotSelectorError(RepositoryError):
+    """A snapshot reference that names no snapshot, or several: a bad argument."""
+
+    exit_code = 2
 
 
 class WrongPasswordError(RepositoryError):

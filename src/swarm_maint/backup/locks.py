@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 LOCK_PREFIX = "locks/"
 LOCK_VERSION = 1
 DEFAULT_TTL = 1800.0
-_UNLOCK_HINT = "run `swarm-maint backup unlock` if that process is gone"
 # A lock that vanishes between list and read may be a holder's refresh (new name written
 # before the old one is deleted), so the listing is repeated; this bounds the repeats.
 _MAX_SCANS = 10
@@ -259,9 +258,7 @@ class RepositoryLock:
             storage.delete(lock.name)  # back off: a racing locker may then proceed
             remaining = deadline - clock.monotonic()
             if remaining <= 0:
-                raise LockedError(
-                    f"repository {storage.location()} is {conflict} ({_UNLOCK_HINT})"
-                )
+                raise LockedError(f"repository {storage.location()} is {conflict}")
             # Jitter, so that two lockers backing off together do not collide forever.
             time.sleep(min(remaining, random.uniform(0.2, 1.0)))
 
@@ -270,6 +267,12 @@ class RepositoryLock:
         for _ in range(_MAX_SCANS):
             infos, vanished = _scan(self.storage, self.clock, self.hostname, skip=self.name)
             for info in infos:
+                if info.error is not None and self.exclusive:
+                    # a newer program's lock, or damage: sole access cannot be sure of
+                    # itself (prune deletes data); a backup or restore only reads it past
+                    return (f"locked by {info.name}, which cannot be read ({info.error}); "
+                            "if no other program uses the repository, remove it with "
+                            "`swarm-maint backup unlock --remove-all`")
                 if info.error is not None:
                     log.warning("ignoring %s in %s: %s", info.name, self.storage.location(),
                                 info.error)
@@ -289,8 +292,17 @@ class RepositoryLock:
                 return None
             blocking.sort(key=lambda i: (not i.exclusive, i.created))
             more = f" (and {len(blocking) - 1} other lock(s))" if len(blocking) > 1 else ""
-            return blocking[0].describe() + more
+            return f"{blocking[0].describe()}{more} ({self._hint(blocking[0])})"
         return "locked: its locks kept changing while they were read"
+
+    def _hint(self, holder: LockInfo) -> str:
+        """What to do about a live lock: plain ``unlock`` removes only stale ones."""
+        until = datetime.fromtimestamp(holder.expires, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        if holder.hostname == self.hostname:
+            return (f"pid {holder.pid} is running on this host: wait for it to finish, or "
+                    f"stop it; `swarm-maint backup unlock` then clears its lock")
+        return (f"held from another host; it expires at {until} unless renewed. If that "
+                "process is gone, `swarm-maint backup unlock --remove-all` clears it")
 
     # -- holding -----------------------------------------------------------------------
 

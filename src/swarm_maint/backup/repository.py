@@ -136,18 +136,26 @@ class Repository:
             raise DamagedObjectError("config: not a swarm-maint repository config",
                                      "config") from None
         key = None
-        for name in storage.list("keys/"):
+        names = storage.list("keys/")
+        damaged: list[str] = []
+        for name in names:
             try:
                 key = unwrap_key(storage.read(name), password, (derived or {}).get(name))
                 break
             except WrongPasswordError:
                 continue
-            except DamagedObjectError:
-                continue  # one damaged key object must not hide the others
+            except (DamagedObjectError, OSError):
+                damaged.append(name)  # one damaged key object must not hide the others
         if key is None:
+            where = storage.location()
+            if not names:
+                raise DamagedObjectError(f"{where}: no key objects in keys/: the repository "
+                                         "cannot be opened with any password", "keys/")
+            if len(damaged) == len(names):
+                raise DamagedObjectError(f"{where}: every key object is damaged "
+                                         f"({', '.join(damaged)})", damaged[0])
             raise WrongPasswordError(
-                f"{storage.location()}: wrong password (no key of this repository opens with it)"
-            )
+                f"{where}: wrong password (no key of this repository opens with it)")
         body = json.dumps(config, sort_keys=True).encode()
         if not secrets.compare_digest(Crypto(key).mac(body), str(mac)):
             raise DamagedObjectError("config: authentication failed (tampered)", "config")

@@ -223,6 +223,15 @@ def forget(
         keep_weekly=keep_weekly, keep_monthly=keep_monthly, keep_yearly=keep_yearly,
         keep_tags=keep_tags, keep_within=keep_within, group_by=group_by, now=now,
         forget_all=forget_all)
+    if result.removed and not result.kept and not forget_all:
+        # a policy that keeps nothing is almost always a mistake, most often a misspelled
+        # --keep-tag: every snapshot, and with prune all the data, would go
+        present = {t for _, o in snaps for t in o.get("tags", [])}
+        unmatched = [t for t in keep_tags if t not in present]
+        hint = (f"; --keep-tag {', '.join(unmatched)} matches no snapshot" if unmatched
+                else "")
+        raise UsageError(f"the keep policy keeps none of the {len(result.removed)} "
+                         f"snapshot(s){hint}; refusing to forget them all")
     if not dry_run:
         for sid in result.removed:
             repo.storage.delete(f"snapshots/{sid}")

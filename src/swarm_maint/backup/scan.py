@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..errors import UsageError
+
 __all__ = ["Entry", "NullProgress", "Progress", "Scan", "is_excluded", "normalize_paths"]
 
 
@@ -111,6 +113,10 @@ class Scan:
         self.files: list[Entry] = []
         self.started_ns = time.time_ns()
         self.root = self.build_root(self.tops)
+        if self.tops and not self.root.children and not self.errors:
+            # an empty snapshot would count toward keep-last like a real one
+            raise UsageError(f"--exclude {' '.join(self.excludes)}: every path to back up "
+                             "is excluded; nothing to back up")
 
     def error(self, path: str, msg: str) -> None:
         self.errors.append({"path": path, "error": msg})

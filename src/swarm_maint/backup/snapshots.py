@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import DamagedObjectError, RepositoryError
+from .errors import DamagedObjectError, RepositoryError, SnapshotSelectorError
 from .repository import Repository
 from .tree import Node, join_path, load_tree, walk_snapshot
 
@@ -40,18 +40,23 @@ def find_snapshot(repo: Repository, ref: str) -> tuple[str, dict[str, Any]]:
     """Resolve "latest", a full id or a unique id prefix to (id, snapshot object)."""
     ref = ref.strip().lower()
     if ref == "latest":
-        snaps = list_snapshots(repo, damaged=[])
+        damaged: list[str] = []
+        snaps = list_snapshots(repo, damaged=damaged)
         if not snaps:
+            if damaged:
+                raise DamagedObjectError(
+                    f"the repository has no readable snapshot ({len(damaged)} damaged: "
+                    f"{', '.join(d[:16] for d in damaged)})", f"snapshots/{damaged[0]}")
             raise RepositoryError("the repository has no snapshots")
         return snaps[-1]
     if not ref or not _HEX.fullmatch(ref):
-        raise RepositoryError(f"{ref!r} is not a snapshot id (hex) or 'latest'")
+        raise SnapshotSelectorError(f"{ref!r} is not a snapshot id (hex) or 'latest'")
     matches = [s for s in repo.list_objects("snapshots") if s.startswith(ref)]
     if not matches:
-        raise RepositoryError(f"no snapshot {ref!r}")
+        raise SnapshotSelectorError(f"no snapshot {ref!r}")
     if len(matches) > 1:
-        raise RepositoryError(f"snapshot prefix {ref!r} is ambiguous "
-                              f"({len(matches)} snapshots match)")
+        raise SnapshotSelectorError(f"snapshot prefix {ref!r} is ambiguous "
+                                    f"({len(matches)} snapshots match)")
     sid = matches[0]
     return sid, repo.load_object("snapshots", sid)
 

@@ -8,9 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import UsageError
+from ..errors import SwarmMaintError, UsageError
 from .backup_ops import backup_restore, backup_run, locked, open_repo, read_password
 from .common import ConfigOption, JsonOption, check_config, print_json
+from .plain import shown_path
 
 app = typer.Typer(help="Deduplicated, encrypted backups.", no_args_is_help=True)
 key_app = typer.Typer(help="Passwords that open a repository.", no_args_is_help=True)
@@ -45,9 +46,17 @@ def init(repo: RepoOption, password_file: PasswordFileOption = None,
         typer.echo(f"created repository {r.id[:16]} at {r.storage.location()}")
 
 
+def _given_path(value: str, what: str) -> Path:
+    """A path from the command line; an empty one (an unset variable in a script) would
+    mean the working directory, so it is refused."""
+    if not value.strip():
+        raise UsageError(f"{what}: empty path")
+    return Path(value)
+
+
 @app.command("run")
 def run(
-    paths: Annotated[list[Path], typer.Argument(help="Files and directories to back up.")],
+    paths: Annotated[list[str], typer.Argument(help="Files and directories to back up.")],
     repo: RepoOption,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag the snapshot.")] = None,
     exclude: Annotated[list[str] | None,
@@ -65,7 +74,8 @@ def run(
 
     Takes the node's maintenance lease like the scheduled jobs (exit 31 while an update,
     a scheduled backup or an active diagnostic holds it), unless --no-lease."""
-    code = backup_run(paths, repo, tag=tag or (), exclude=exclude or (),
+    code = backup_run([_given_path(p, "PATH") for p in paths], repo, tag=tag or (),
+                      exclude=exclude or (),
                       one_file_system=one_file_system, no_lease=no_lease,
                       password_file=password_file, config=config, json_out=json_out)
     if code:
@@ -80,17 +90,27 @@ def snapshots(repo: RepoOption, password_file: PasswordFileOption = None,
     from ..backup.snapshots import list_snapshots
 
     r = open_repo(repo, password_file)
-    snaps = list_snapshots(r)
+    damaged: list[str] = []
+    snaps = list_snapshots(r, damaged=damaged)
+    for sid in damaged:  # the readable ones are still listed
+        typer.echo(f"warning: snapshot {sid[:16]} cannot be read (damaged; run `swarm-maint "
+                   "backup verify`)", err=True)
     if json_out:
         print_json([{"id": sid, **obj} for sid, obj in snaps])
-        return
+    else:
+        _snapshot_table(snaps)
+    if damaged:
+        raise typer.Exit(13)
+
+
+def _snapshot_table(snaps: list[tuple[str, dict[str, Any]]]) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     t = Table()
     for col in ("id", "time", "host", "tags", "paths", "files", "size", "partial"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=col in ("id", "time"))
     for sid, obj in snaps:
         s = obj.get("summary", {})
         t.add_row(sid[:12], _when(obj["time"]), escape(obj.get("hostname", "")),
@@ -117,14 +137,14 @@ def ls(snapshot: Annotated[str, typer.Argument(help="Snapshot id, prefix or 'lat
         return
     for path, node in rows:
         typer.echo(f"{node['type'][0]} {oct(node.get('mode', 0))[2:]:>4} "
-                   f"{node.get('size', 0):>12} {path}")
+                   f"{node.get('size', 0):>12} {shown_path(path)}")
 
 
 @app.command("restore")
 def restore(
     snapshot: Annotated[str, typer.Argument(help="Snapshot id, prefix or 'latest'.")],
     repo: RepoOption,
-    target: Annotated[Path, typer.Option("--target", help="Directory to restore into.")],
+    target: Annotated[str, typer.Option("--target", help="Directory to restore into.")],
     include: Annotated[list[str] | None,
                        typer.Option("--include", help="Restore only matching paths.")] = None,
     password_file: PasswordFileOption = None,
@@ -132,7 +152,8 @@ def restore(
     config: ConfigOption = None,
 ) -> None:
     """Restore a snapshot into TARGET, verifying every chunk."""
-    code = backup_restore(snapshot, repo, target, include=include or (),
+    code = backup_restore(snapshot, repo, _given_path(target, "--target"),
+                          include=include or (),
                           password_file=password_file, json_out=json_out, config=config)
     if code:
         raise typer.Exit(code)
@@ -151,7 +172,7 @@ def diff(a: str, b: str, repo: RepoOption, password_file: PasswordFileOption = N
         print_json([{"change": c, "path": p} for c, p in changes])
     else:
         for c, p in changes:
-            typer.echo(f"{c} {p}")
+            typer.echo(f"{c} {shown_path(p)}")
 
 
 @app.command("verify")
@@ -208,11 +229,21 @@ def forget(
 
     r = open_repo(repo, password_file)
     with locked(r, exclusive=True):
+        if prune and not dry_run:
+            _no_damaged_snapshots(r)  # prune would refuse: then forget nothing either
         res = do_forget(r, keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
                         keep_weekly=keep_weekly, keep_monthly=keep_monthly,
                         keep_yearly=keep_yearly, keep_tags=keep_tag or [], dry_run=dry_run)
-        pr = do_prune(r, dry_run=dry_run) if prune else None
-    out: dict[str, Any] = {"removed": list(res.removed), "kept": [k for k, _ in res.kept]}
+        try:
+            pr = do_prune(r, dry_run=dry_run) if prune else None
+        except SwarmMaintError as exc:
+            if res.removed and not dry_run:  # say what forget did before prune stopped
+                exc.args = (f"{exc} (forget had already removed {len(res.removed)} "
+                            f"snapshot(s): {', '.join(s[:12] for s in res.removed)}; a later "
+                            "prune frees their space)",)
+            raise
+    out: dict[str, Any] = {"removed": list(res.removed), "kept": [k for k, _ in res.kept],
+                           "unreadable": list(res.unreadable)}
     if pr is not None:
         out["prune"] = pr.to_dict()
     if json_out:
@@ -220,8 +251,24 @@ def forget(
     else:
         verb = "would remove" if dry_run else "removed"
         typer.echo(f"{verb} {len(res.removed)} snapshot(s), kept {len(res.kept)}")
+        for sid in res.unreadable:
+            typer.echo(f"warning: snapshot {sid[:16]} cannot be read: left alone (run "
+                       "`swarm-maint backup verify`)", err=True)
         if pr is not None:
             typer.echo(pr.summary())
+
+
+def _no_damaged_snapshots(r: Any) -> None:
+    from ..backup.errors import DamagedObjectError
+    from ..backup.snapshots import list_snapshots
+
+    damaged: list[str] = []
+    list_snapshots(r, damaged=damaged)
+    if damaged:
+        raise DamagedObjectError(
+            f"snapshot {damaged[0][:16]} cannot be read, so prune cannot tell which data "
+            "is still used; nothing was forgotten or deleted (run `swarm-maint backup "
+            "verify`, or forget without --prune)", f"snapshots/{damaged[0]}")
 
 
 @app.command("prune")
@@ -251,6 +298,10 @@ def unlock(repo: RepoOption, remove_all: Annotated[bool, typer.Option(
     from ..backup.storage import open_storage
 
     storage = open_storage(repo)
+    if not storage.exists("config"):
+        from ..backup.errors import RepositoryNotFoundError
+
+        raise RepositoryNotFoundError(f"{storage.location()}: no repository here")
     n = remove_all_locks(storage) if remove_all else len(remove_stale_locks(storage))
     typer.echo(f"removed {n} lock(s)")
 
@@ -262,5 +313,7 @@ def key_add(repo: RepoOption, new_password_file: Annotated[Path, typer.Option(
     """Let another password open the repository."""
     check_config(config)  # a bad --config is an error here too
     r = open_repo(repo, password_file)
-    name = r.add_password(read_password(new_password_file))
+    from ..backup.passwords import read_password_file
+
+    name = r.add_password(read_password_file(new_password_file, "--new-password-file"))
     typer.echo(f"added {name}")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import UsageError
+from ..errors import StateError, UsageError
 from .plain import check_config, node_state, print_json, state_store
 
 if TYPE_CHECKING:
@@ -41,6 +41,10 @@ def read_password(password_file: Path | None, *, confirm: bool = False) -> str:
         return read_password_file(password_file, "--password-file")
     env = os.environ.get("SWARM_MAINT_PASSWORD")
     if env:
+        try:
+            env.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as surrogates
+            raise UsageError("SWARM_MAINT_PASSWORD is not UTF-8 text") from None
         return env
     if sys.stdin.isatty():
         pw = getpass.getpass("repository password: ")
@@ -168,11 +172,7 @@ class ProgressBar:
             self._progress.advance(self._task, n)
 
     def on_error(self, path: str, msg: str) -> None:
-        from rich.console import Console
-        from rich.markup import escape
-
-        Console(stderr=True).print(f"[yellow]warning[/]: {escape(path)}: {escape(msg)}",
-                                   highlight=False)
+        pass  # every error is listed once when the command ends
 
 
 @contextlib.contextmanager
@@ -200,13 +200,18 @@ def backup_run(paths: Sequence[Path], repo: str, *, tag: Sequence[str] = (),
     limit_heap_growth()  # backup only: restore reuses nothing big and runs faster without it
     bar = ProgressBar(not json_out, "backup")
 
+    from ..backup.tags import check_tags
+
+    tags = check_tags(tag)  # before any work
+
     def scan() -> Scan:
         from ..backup.scan import Scan
 
         missing = [str(p) for p in paths if not os.path.lexists(p)]
         if missing:
             raise UsageError(f"no such file or directory: {', '.join(missing)}")
-        return Scan(paths, excludes=exclude, one_file_system=one_file_system, progress=bar)
+        return Scan(paths, excludes=[*exclude, *_own_repository(repo, paths)],
+                    one_file_system=one_file_system, progress=bar)
 
     # the tree is scanned (backup.scan needs none of the engine's native modules) while
     # the key is derived and the engine loads: a re-run of unchanged data is mostly these
@@ -221,11 +226,16 @@ def backup_run(paths: Sequence[Path], repo: str, *, tag: Sequence[str] = (),
     cache_dir = state[0] / "cache" / r.id[:32]
     with maintenance_lease(state, "cli: backup run", skip=no_lease), \
             locked(r, exclusive=False) as lock:
-        check = backup_starts(r, lock.stale_removed, cache_dir)
-        cache = FilesCache(cache_dir / "files.db")
+        import sqlite3  # loaded already, by the files cache
+
+        try:
+            check = backup_starts(r, lock.stale_removed, cache_dir)
+            cache = FilesCache(cache_dir / "files.db")
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"cannot use the state directory {state[0]}: {exc}") from None
         try:
             with bar, no_cyclic_gc():
-                res = run_backup(r, scanned, tags=list(tag), files_cache=cache, progress=bar)
+                res = run_backup(r, scanned, tags=tags, files_cache=cache, progress=bar)
         finally:
             cache.close()
         check.end()
@@ -244,6 +254,22 @@ def backup_run(paths: Sequence[Path], repo: str, *, tag: Sequence[str] = (),
     return EXIT_PARTIAL if res.partial else 0
 
 
+def _own_repository(repo: str, paths: Sequence[Path]) -> list[str]:
+    """An exclude for a local repository inside the tree being backed up: each run would
+    otherwise store the previous run's packs again."""
+    import glob
+
+    if "://" in repo or not repo.strip():
+        return []
+    from ..backup.scan import normalize_paths
+
+    where = os.path.normpath(os.path.abspath(os.path.expanduser(repo)))
+    for top in normalize_paths(paths):  # as the scan names what it finds
+        if where == top or where.startswith(top.rstrip("/") + "/"):
+            return [glob.escape(where)]
+    return []
+
+
 def backup_restore(snapshot: str, repo: str, target: Path, *, include: Sequence[str] = (),
                    password_file: Path | None = None, json_out: bool = False,
                    config: Path | None = None) -> int:
@@ -254,6 +280,8 @@ def backup_restore(snapshot: str, repo: str, target: Path, *, include: Sequence[
     from ..backup.snapshots import find_snapshot
 
     single_arena()  # before the restore's threads start
+    if os.path.lexists(target) and not target.is_dir():
+        raise UsageError(f"--target {target}: exists and is not a directory")
 
     _state, r, _ = state_and_repo(config, repo, password_file)
     sid, _ = find_snapshot(r, snapshot)
@@ -261,6 +289,9 @@ def backup_restore(snapshot: str, repo: str, target: Path, *, include: Sequence[
     with locked(r, exclusive=False), ProgressBar(not json_out, "restore") as bar, \
             no_cyclic_gc():
         res = do_restore(r, sid, str(target), includes=list(include), progress=bar)
+    if include and not (res.files or res.dirs or res.errors):
+        raise UsageError(f"--include {' '.join(include)}: matches nothing in snapshot "
+                         f"{sid[:16]} (its paths are absolute: see `swarm-maint backup ls`)")
     out = {"snapshot": sid, "files": res.files, "dirs": res.dirs, "bytes": res.bytes,
            "seconds": round(time.monotonic() - t0, 3),
            "errors": res.errors}

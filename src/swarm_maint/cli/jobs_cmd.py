@@ -80,18 +80,15 @@ def _status(s: str) -> str:
 
 def _from_agent(config: Path | None, url: str | None) -> list[dict[str, Any]] | None:
     """The running agent's view (it knows what waits and why), or None."""
-    import httpx
+    from .status_cmd import agent_base, ask_agent
 
-    from .status_cmd import _agent_url
-
-    base = url or _agent_url(effective_config(config))
-    try:
-        resp = httpx.get(f"{base}/api/v1/jobs", timeout=3.0)
-        resp.raise_for_status()
-        data = resp.json()
-    except (httpx.HTTPError, ValueError):
+    data = ask_agent(agent_base(effective_config(config), url), "/api/v1/jobs")
+    if not isinstance(data, dict) or not data.get("enabled"):
+        return None  # no agent, a scheduler switched off, or not a swarm-maint agent
+    jobs = data.get("jobs")
+    if not isinstance(jobs, list) or not all(isinstance(j, dict) for j in jobs):
         return None
-    return list(data["jobs"]) if data.get("enabled") else None
+    return jobs
 
 
 @app.command("list")

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
-from ..errors import SwarmMaintError
+from ..errors import FileAccessError, SwarmMaintError
 from . import fast_path
 
 if TYPE_CHECKING:
@@ -93,13 +93,24 @@ def main(argv: list[str] | None = None) -> int:
                 return 130
         return _typer_main(args)
     except SwarmMaintError as exc:
-        if call is None:  # --debug is an option of the Typer CLI
-            from .root import options
-
-            if options.debug:
-                raise
+        _reraise_with_debug(call)
         sys.stderr.write(f"swarm-maint: error: {exc}\n")
         return exc.exit_code
+    except OSError as exc:  # what no narrower error explains: one line, not a traceback
+        _reraise_with_debug(call)
+        err = FileAccessError.from_os_error(exc)
+        sys.stderr.write(f"swarm-maint: error: {err}\n")
+        return err.exit_code
+
+
+def _reraise_with_debug(call: fast_path.Call | None) -> None:
+    """Re-raise the error being handled when --debug (an option of the Typer CLI) asks
+    for its traceback."""
+    if call is None:
+        from .root import options
+
+        if options.debug:
+            raise
 
 
 def _typer_main(args: list[str]) -> int:

@@ -83,3 +83,19 @@ def _finite(data: Any) -> Any:
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(_finite(data), indent=2, sort_keys=False,
                                 allow_nan=False) + "\n")
+
+
+def shown_path(path: str) -> str:
+    """``path`` for a terminal line: control characters (a newline would split one entry
+    into two, an escape sequence would reach the terminal) and the bytes of a name that
+    is not UTF-8 (kept as surrogates) written as escapes, like ``ls -b``."""
+    out = []
+    for ch in path:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch == "\\" or not ch.isprintable():
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..config import Config, parse_listen
+from ..errors import UsageError
 from .common import ConfigOption, JsonOption, effective_config, print_json
 
 
@@ -24,28 +25,61 @@ def _agent_url(cfg: Config) -> str:
     return f"http://{host}:{port}"
 
 
-def fetch_or_collect(cfg: Config, url: str | None) -> dict[str, Any]:
-    """Ask the running agent; when none answers, read the node directly (two samples)."""
+def agent_base(cfg: Config, url: str | None) -> str:
+    """The agent's base URL: ``--url`` when given (it must be one), else the config's."""
+    if url is None:
+        return _agent_url(cfg)
+    from urllib.parse import urlsplit
+
+    try:
+        parsed = urlsplit(url)
+        ok = parsed.scheme in ("http", "https") and bool(parsed.hostname)
+        parsed.port  # noqa: B018 (a port out of range or not a number raises here)
+    except ValueError as exc:
+        raise UsageError(f"--url {url!r}: {exc}") from None
+    if not ok:
+        raise UsageError(f"--url {url!r}: give http://HOST:PORT (or https://)")
+    return url.rstrip("/")
+
+
+_NOT_JSON = object()
+
+
+def ask_agent(base: str, path: str) -> Any:
+    """The JSON the agent at ``base`` answers for ``path``: None when nothing answers
+    there, ``_NOT_JSON`` when something that is not a swarm-maint agent does."""
     import httpx
 
+    try:
+        resp = httpx.get(f"{base}{path}", timeout=3.0)
+        resp.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    try:
+        return resp.json()
+    except ValueError:
+        return _NOT_JSON
+
+
+def fetch_or_collect(cfg: Config, url: str | None) -> dict[str, Any]:
+    """Ask the running agent; when none answers, read the node directly (two samples)."""
     from ..monitoring.oneshot import local_hub
     from ..monitoring.summary import node_summary
 
-    base = url or _agent_url(cfg)
-    try:
-        resp = httpx.get(f"{base}/api/v1/status", timeout=3.0)
-        resp.raise_for_status()
-        data: dict[str, Any] = resp.json()
-        data["source"] = f"agent at {base}"
-        return data
-    except httpx.HTTPError:
-        pass
+    base = agent_base(cfg, url)
+    answer = ask_agent(base, "/api/v1/status")
+    if isinstance(answer, dict) and "version" in answer:
+        answer["source"] = f"agent at {base}"
+        return answer
     hub = local_hub(cfg)
     try:
         data = node_summary(hub)
     finally:
         hub.close()
-    data["source"] = f"read locally (no agent answered at {base})"
+    data.setdefault("health", None)  # known to the agent only: null, as documented
+    data.setdefault("jobs", [])
+    why = "no agent answered" if answer is None else "no swarm-maint agent answered"
+    data["source"] = f"read locally ({why} at {base})"
     return data
 
 

@@ -62,9 +62,12 @@ class LocalStorage:
         return self._path(name).read_bytes()
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
-        fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
+        path = self._path(name)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             return os.pread(fd, length, offset)
+        except OSError as exc:  # pread's error names no file: name it
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         finally:
             os.close(fd)
 
@@ -85,6 +88,8 @@ class LocalStorage:
                     got = read_direct_into(fd, dest)
                 else:
                     got = os.preadv(fd, [dest], lo)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self._path(name))) from None
         finally:
             os.close(fd)
         end = min(got, offset - lo + length)
