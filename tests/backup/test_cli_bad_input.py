@@ -111,20 +111,32 @@ def test_a_read_only_repository_is_one_line_without_root_s_bypass(tmp_path: Path
                                                                   setup) -> None:
     assert shutil.which("setpriv"), "setpriv (util-linux) is needed"
     repo, src = setup
+    no_bypass = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner",
+                 "--inh-caps=-dac_override,-dac_read_search,-fowner"]
+    target = tmp_path / "restored"
     for p in [repo, *repo.rglob("*")]:
         p.chmod(p.stat().st_mode & ~0o222)
     try:
-        r = subprocess.run(
-            ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner",
-             "--inh-caps=-dac_override,-dac_read_search,-fowner",
-             *CLI, "backup", "run", "--repo", str(repo), str(src)],
+        r = subprocess.run([*no_bypass, *CLI, "backup", "run", "--repo", str(repo), str(src)],
+                           capture_output=True, text=True, env=env_for(tmp_path), timeout=120)
+        # recovering data must not depend on writing to the repository (a read-only mount)
+        restored = subprocess.run(
+            [*no_bypass, *CLI, "backup", "restore", "latest", "--repo", str(repo),
+             "--target", str(target)],
             capture_output=True, text=True, env=env_for(tmp_path), timeout=120)
+        verified = subprocess.run([*no_bypass, *CLI, "backup", "verify", "--repo", str(repo)],
+                                  capture_output=True, text=True, env=env_for(tmp_path),
+                                  timeout=120)
     finally:
         for p in [repo, *repo.rglob("*")]:
             p.chmod(p.stat().st_mode | 0o200)
     assert r.returncode == 9, r.stderr
     assert "Permission denied" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    assert restored.returncode == 0, restored.stderr
+    assert "reading without one" in restored.stderr
+    assert (target / src.relative_to("/") / "sub" / "b.txt").read_text() == "hello\n"
+    assert verified.returncode == 0, verified.stderr
 
 
 def test_a_password_that_is_not_utf8(tmp_path: Path, setup) -> None:

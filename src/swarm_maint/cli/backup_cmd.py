@@ -195,7 +195,7 @@ def verify(
     if read_data and read_data_subset is not None:
         raise UsageError("give --read-data or --read-data-subset, not both")
     r = open_repo(repo, password_file)
-    with locked(r, exclusive=False):
+    with locked(r, exclusive=False, reading=True):
         report = do_verify(r, read_data=read_data, read_data_subset=read_data_subset)
     if json_out:
         print_json(report.to_dict())

@@ -101,15 +101,33 @@ def state_and_repo(config: Path | None, repo: str, password_file: Path | None,
 
 
 @contextlib.contextmanager
-def locked(repo: Any, exclusive: bool) -> Iterator[Any]:
-    """The repository locked for the block; yields the lock."""
+def locked(repo: Any, exclusive: bool, *, reading: bool = False) -> Iterator[Any]:
+    """The repository locked for the block; yields the lock (None: see below).
+
+    A command that only reads (``reading``: restore, verify) goes on without a lock where
+    none can be written (a read-only mount of a backup disk, a full disk, no write
+    permission): recovering data must not depend on writing. It says so, since a prune
+    started meanwhile elsewhere could then make it report data as missing."""
+    import errno
+
+    from ..backup.errors import StorageFullError
     from ..backup.locks import lock_repository
 
-    lock = lock_repository(repo.storage, exclusive)
+    lock = None
+    try:
+        lock = lock_repository(repo.storage, exclusive)
+    except (OSError, StorageFullError) as exc:
+        unwritable = isinstance(exc, StorageFullError) or exc.errno in (
+            errno.EROFS, errno.EACCES, errno.EPERM)
+        if not reading or exclusive or not unwritable:
+            raise
+        _say(f"warning: {repo.storage.location()}: cannot write a lock "
+             f"({getattr(exc, 'strerror', None) or exc}); reading without one", err=True)
     try:
         yield lock
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 @contextlib.contextmanager
@@ -257,8 +275,6 @@ def backup_run(paths: Sequence[Path], repo: str, *, tag: Sequence[str] = (),
 def _own_repository(repo: str, paths: Sequence[Path]) -> list[str]:
     """An exclude for a local repository inside the tree being backed up: each run would
     otherwise store the previous run's packs again."""
-    import glob
-
     if "://" in repo or not repo.strip():
         return []
     from ..backup.scan import normalize_paths
@@ -266,7 +282,8 @@ def _own_repository(repo: str, paths: Sequence[Path]) -> list[str]:
     where = os.path.normpath(os.path.abspath(os.path.expanduser(repo)))
     for top in normalize_paths(paths):  # as the scan names what it finds
         if where == top or where.startswith(top.rstrip("/") + "/"):
-            return [glob.escape(where)]
+            # as a glob that matches only itself: [*], [?] and [[] are literal
+            return ["".join(f"[{c}]" if c in "*?[" else c for c in where)]
     return []
 
 
@@ -286,7 +303,8 @@ def backup_restore(snapshot: str, repo: str, target: Path, *, include: Sequence[
     _state, r, _ = state_and_repo(config, repo, password_file)
     sid, _ = find_snapshot(r, snapshot)
     t0 = time.monotonic()
-    with locked(r, exclusive=False), ProgressBar(not json_out, "restore") as bar, \
+    with locked(r, exclusive=False, reading=True), \
+            ProgressBar(not json_out, "restore") as bar, \
             no_cyclic_gc():
         res = do_restore(r, sid, str(target), includes=list(include), progress=bar)
     if include and not (res.files or res.dirs or res.errors):
