@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 __all__ = ["format_duration", "parse_duration"]
@@ -26,7 +27,20 @@ def parse_duration(text: str) -> float:
         raise ValueError(
             f"invalid duration {text!r}; write a number and a unit (ms, s, m, h, d, w), e.g. '30s'"
         )
-    return total
+    return check_duration(total, text)
+
+
+MAX_SECONDS = 100 * 366 * 86400.0  # a century: past it, times overflow the calendar
+
+
+def check_duration(seconds: float, text: object) -> float:
+    """``seconds`` if it is a finite duration of at most a century; ValueError naming
+    ``text`` otherwise (a 400-digit number is infinity, and no date is that far)."""
+    if not math.isfinite(seconds):
+        raise ValueError(f"{text!r} is not a finite duration")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{text!r} is longer than 100 years")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

@@ -124,3 +124,50 @@ def test_test_sends_to_the_receiver_or_exits_1(tmp_path: Path) -> None:
         assert r.returncode == 2 and "no receiver named 'nope'" in r.stderr
     finally:
         hook.close()
+
+
+def test_bad_input_is_one_line_and_stores_nothing(tmp_path: Path) -> None:
+    cfg = str(config(tmp_path))
+    for duration in ("99999999w", "9" * 400 + "w"):
+        r = cli(tmp_path, "alerts", "silence", "add", "-c", cfg, "-m", "alertname=GpuLost",
+                "--duration", duration, "--comment", "huge")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        r = cli(tmp_path, "alerts", "maintenance", "start", "-c", cfg, "--reason", "r",
+                "--max-duration", duration)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    r = cli(tmp_path, "alerts", "silence", "add", "-c", cfg, "-m", 'alertname!=""',
+            "--comment", "everything")
+    assert r.returncode == 2 and "match every alert" in r.stderr
+    listed = cli(tmp_path, "alerts", "silence", "list", "-c", cfg, "--all", "--json")
+    assert json.loads(listed.stdout) == []
+    assert json.loads(cli(tmp_path, "alerts", "maintenance", "list", "-c", cfg, "--all",
+                          "--json").stdout) == []
+    deep = tmp_path / "deep.yml"
+    deep.write_text("groups:\n- name: g\n  rules:\n  - alert: A\n    expr: "
+                    + "(" * 5000 + "1" + ")" * 5000 + "\n")
+    r = cli(tmp_path, "alerts", "rules", "check", str(deep))
+    assert r.returncode == 2 and "nested too deeply" in r.stderr, r.stderr
+    r = cli(tmp_path, "health", "history", "-c", cfg, "--limit", "9" * 23)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_maintenance_end_twice_says_it_had_ended(tmp_path: Path) -> None:
+    cfg = str(config(tmp_path))
+    r = cli(tmp_path, "alerts", "maintenance", "start", "-c", cfg, "--reason", "r", "--json")
+    wid = json.loads(r.stdout)["id"]
+    first = cli(tmp_path, "alerts", "maintenance", "end", wid, "-c", cfg)
+    again = cli(tmp_path, "alerts", "maintenance", "end", wid, "-c", cfg)
+    assert "will be sent" in first.stdout
+    assert again.returncode == 0 and "had already ended" in again.stdout
+
+
+def test_receivers_httpx_or_smtplib_cannot_use_are_config_errors(tmp_path: Path) -> None:
+    for receiver in ('name = "h"\nurl = "http://127.0.0.1:1/x"\nheaders = {"X-A" = "tëst"}',
+                     'name = "u"\nurl = "http://[::1/hook"',
+                     'name = "p"\nurl = "http://127.0.0.1:99999/x"',
+                     'name = "m"\ntype = "email"\nsmtp_host = "127.0.0.1"\n'
+                     'from_address = "a@b"\nto = ["x@y\\nBcc: evil@z"]'):
+        cfg = tmp_path / "r.toml"
+        cfg.write_text(f"[[alerts.receivers]]\n{receiver}\n")
+        r = cli(tmp_path, "config", "check", str(cfg))
+        assert r.returncode == 2 and "alerts.receivers" in r.stderr, (receiver, r.stderr)

@@ -12,6 +12,7 @@ import pytest
 from swarm_maint.alerts.rules import (
     Template,
     humanize,
+    humanize_duration,
     load_default_rules,
     load_rule_file,
     load_rules,
@@ -244,7 +245,12 @@ def test_bad_templates(source: str, problem: str) -> None:
 def test_humanize_edges() -> None:
     assert humanize(0) == "0"
     assert humanize(-2500) == "-2.5k"
-    assert humanize(float("inf")) == "inf"
+    # as Go's %.4g prints them, which Prometheus' helpers use
+    assert humanize(float("inf")) == "+Inf"
+    assert humanize(float("-inf")) == "-Inf"
+    assert humanize(float("nan")) == "NaN"
+    assert humanize_duration(float("nan")) == "NaN"
+    assert humanize_duration(float("inf")) == "+Inf"
 
 
 def promtool() -> str:

@@ -288,3 +288,36 @@ def test_restart_resolves_an_alert_whose_state_row_was_lost(tmp_path: Path) -> N
     assert again.events("ops") == again.events("chat") == [("resolved", "0")]
     [alert] = [a for b in again.notifiers["ops"].batches for a in b.alerts]
     assert alert["labels"]["alertname"] == "GpuHot"
+
+
+def test_an_alert_valued_nan_is_stored_and_survives_a_restart(tmp_path: Path) -> None:
+    """SQLite stores NaN as NULL: the NOT NULL value column once refused it and rolled
+    back the state of every alert of that evaluation, so a restart resolved them."""
+    rules = (rule("RatioOdd", "vector(0/0) != 0"), rule("GpuHot", HOT))
+    rig = Rig(tmp_path, rules=rules)
+    rig.run({"0": 95}, 2)
+    stored = {a["alertname"]: a for a in stored_alerts(rig.store)}
+    assert set(stored) == {"RatioOdd", "GpuHot"}
+    assert stored["RatioOdd"]["value"] != stored["RatioOdd"]["value"]  # NaN
+    again = Rig(tmp_path, clock=rig.clock, rules=rules)
+    again.run({"0": 95}, 3)
+    assert again.events() == []  # no false resolve, no second firing
+    assert sorted(a["alertname"] for a in again.svc.active()) == ["GpuHot", "RatioOdd"]
+
+
+@pytest.mark.parametrize("matchers", [['alertname!=""'], ["alertname=~.+"], ["node=~.+"],
+                                      ["alertname!=Watchdog"], ['severity=""']])
+def test_a_silence_that_would_mute_nearly_everything_is_refused(
+        tmp_path: Path, matchers: list[str]) -> None:
+    rig = Rig(tmp_path)
+    with pytest.raises(UsageError, match="match every alert"):
+        rig.svc.silences.add(matchers, 3600, "oops")
+    rig.svc.silences.add(["alertname=~Gpu.*"], 3600, "a family is fine")
+
+
+def test_durations_past_a_century_are_refused(tmp_path: Path) -> None:
+    from swarm_maint.durations import parse_duration
+
+    for text in ("99999999w", "9" * 400 + "w"):
+        with pytest.raises(ValueError, match=r"100 years|finite"):
+            parse_duration(text)

@@ -133,13 +133,17 @@ def compile_expr(text: str) -> Expr:
     """Parse and check ``text``; raises ValueError (UnsupportedExpression for valid PromQL
     outside the supported subset)."""
     try:
-        ast = pp.parse(text)
-    except ValueError as e:
-        raise ValueError(f"invalid PromQL expression {text!r}: {e}") from None
-    node = _compile(ast)
+        try:
+            ast = pp.parse(text)
+        except ValueError as e:
+            raise ValueError(f"invalid PromQL expression {text!r}: {e}") from None
+        node = _compile(ast)
+        max_range = _max_range(ast)
+    except RecursionError:  # thousands of nested parentheses: one line, not a traceback
+        raise ValueError(f"PromQL expression {text[:80]!r}…: nested too deeply") from None
     if isinstance(node, _Mat):
         raise UnsupportedExpression("range vector results are not supported")
-    return Expr(text, "vector" if isinstance(node, _Vec) else "scalar", node, _max_range(ast))
+    return Expr(text, "vector" if isinstance(node, _Vec) else "scalar", node, max_range)
 
 
 def _max_range(e: object) -> float:

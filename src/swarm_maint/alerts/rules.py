@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from ..durations import check_duration
 from ..errors import ConfigError
 from .promql import Expr, compile_expr
 
@@ -73,7 +74,8 @@ def parse_prom_duration(text: str) -> float:
             f"invalid duration {text!r}; write e.g. '30s', '5m' or '1h30m' "
             "(units y w d h m s ms, largest first)"
         )
-    return sum(float(g) * u for g, u in zip(m.groups(), _DURATION_UNITS, strict=True) if g)
+    return check_duration(
+        sum(float(g) * u for g, u in zip(m.groups(), _DURATION_UNITS, strict=True) if g), text)
 
 
 # -- templates ----------------------------------------------------------------------------
@@ -98,9 +100,16 @@ def _go_float(v: float) -> str:
     return repr(v)
 
 
+def _prom_special(v: float) -> str:
+    """NaN and infinities as Prometheus' Go templates print them."""
+    return "NaN" if math.isnan(v) else ("+Inf" if v > 0 else "-Inf")
+
+
 def humanize(v: float) -> str:
     """Prometheus' ``humanize``: 4 significant digits with an SI prefix (1.235k, 12.5m)."""
-    if v == 0 or math.isnan(v) or math.isinf(v):
+    if math.isnan(v) or math.isinf(v):
+        return _prom_special(v)
+    if v == 0:
         return f"{v:.4g}"
     if abs(v) >= 1:
         prefix = ""
@@ -121,7 +130,9 @@ def humanize(v: float) -> str:
 
 def humanize_duration(v: float) -> str:
     """Prometheus' ``humanizeDuration``: seconds as ``1d 2h 3m 4s`` (``42.5s`` below 1m)."""
-    if math.isnan(v) or math.isinf(v) or abs(v) < 60:
+    if math.isnan(v) or math.isinf(v):
+        return _prom_special(v)
+    if abs(v) < 60:
         return f"{v:.4g}s"
     sign, secs = ("-" if v < 0 else ""), int(abs(v))
     days, rest = divmod(secs, 86400)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +73,7 @@ class AlertService:
         saved = {fp: json.loads(alert) for _, fp, _, alert in told_rows}
         alerts = [
             Alert(fp, rule, group, json.loads(labels), json.loads(ann), "firing",
-                  active_since=since, value=value, fired_at=fired)
+                  active_since=since, value=float(value), fired_at=fired)
             for fp, rule, group, labels, ann, since, fired, value in self.store.query(
                 "SELECT fingerprint, rule, rule_group, labels, annotations, active_since,"
                 " fired_at, value FROM alert_state")
@@ -118,7 +119,7 @@ class AlertService:
                     "INSERT OR REPLACE INTO alert_state VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (a.fingerprint, a.rule, a.group, json.dumps(a.labels),
                      json.dumps(a.annotations), a.active_since, a.fired_at or a.active_since,
-                     a.value))
+                     _stored_value(a.value)))
             else:
                 conn.execute("DELETE FROM alert_state WHERE fingerprint = ?", (a.fingerprint,))
 
@@ -305,8 +306,16 @@ def stored_alerts(store: Store) -> list[dict[str, Any]]:
             })
         out.append({
             "fingerprint": fp, "alertname": rule, "group": group, "state": "firing",
-            "labels": json.loads(labels), "annotations": json.loads(ann), "value": value,
+            "labels": json.loads(labels), "annotations": json.loads(ann), "value": float(value),
             "active_since": since, "fired_at": fired, "flapping": False,
             "silenced_by": None, "held_by": None, "deliveries": deliveries,
         })
     return out
+
+
+def _stored_value(value: float) -> float | str:
+    """An alert's value for its REAL column: SQLite stores NaN as NULL, which the NOT NULL
+    column refuses, and that once rolled back the state of every alert changed in the
+    same evaluation. NaN (``x / 0`` in a rule, as in Prometheus) is kept as the text
+    ``NaN``, which ``float()`` reads back; infinities are REALs already."""
+    return "NaN" if math.isnan(value) else value

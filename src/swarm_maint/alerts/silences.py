@@ -60,9 +60,9 @@ class Silences:
             parsed = [parse_matcher(m) for m in matchers]
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        if all(m.matches({}) for m in parsed):
-            raise UsageError("these matchers match every alert; name at least one label "
-                             "value, e.g. alertname=GpuLost")
+        if _matches_anything(parsed):
+            raise UsageError("these matchers match every alert (or nearly: the Watchdog "
+                             "too); name at least one label value, e.g. alertname=GpuLost")
         if not duration > 0:
             raise UsageError("a silence needs a positive duration, e.g. 2h")
         if not comment.strip():
@@ -146,3 +146,14 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def _matches_anything(matchers: list[Matcher]) -> bool:
+    """Whether the matchers would also match an alert they know nothing about: each label
+    they name set to a value no rule gives it (and, separately, left out). A matcher
+    such as ``alertname!=""``, ``node=~.+`` or ``alertname!=Watchdog`` passes that test
+    and would mute nearly everything, the dead-man's switch included."""
+    names = {m.name for m in matchers}
+    unknown = {n: f"zz-probe-{secrets.token_hex(4)}" for n in names | {"alertname", "node"}}
+    return (all(m.matches(unknown) for m in matchers)
+            or all(m.matches({}) for m in matchers))

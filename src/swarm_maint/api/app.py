@@ -20,6 +20,7 @@ from ..monitoring.history import Aggregate
 from ..monitoring.hub import MetricsHub
 from ..monitoring.summary import node_summary
 from ..schedule.scheduler import Scheduler
+from ..strict_json import dumps as strict_dumps
 from ..updates.watcher import SecurityWatcher
 from .alerts_routes import alerts_router
 from .auth import token_matches
@@ -46,6 +47,13 @@ class _Unauthorized(Exception):
     pass
 
 
+class StrictJSONResponse(JSONResponse):
+    """JSON with NaN and infinities as null (see strict_json), not a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return strict_dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def parse_time(value: str | None, now: float, default: float) -> float:
     """A unix timestamp, or a duration meaning that long ago (``15m``, ``-15m``)."""
     if value is None or value == "":
@@ -70,6 +78,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         version=__version__,
         docs_url=None,
         redoc_url=None,
+        default_response_class=StrictJSONResponse,
     )
 
     def require_token(authorization: Annotated[str | None, Header()] = None) -> None:

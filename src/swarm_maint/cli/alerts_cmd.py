@@ -220,7 +220,7 @@ def silence_list(
         return
     t = Table()
     for col in ("id", "state", "matchers", "ends", "by", "comment"):
-        t.add_column(col, overflow="fold")
+        t.add_column(col, overflow="fold", no_wrap=col == "id")  # ids are copied whole
     for s in found:
         t.add_row(s.id, s.state(now), escape(" ".join(s.matchers)), _when(s.ends),
                   escape(s.created_by), escape(s.comment))
@@ -283,9 +283,13 @@ def maintenance_end(
     """End a maintenance window; alerts still firing after the grace period are sent."""
     store, maint = _maintenance(config)
     try:
+        before = maint.get(window_id)
         w = maint.end(window_id)
     finally:
         store.close()
+    if before is not None and before.ended is not None:
+        typer.echo(f"maintenance {w.id} had already ended at {_when(before.ended)}")
+        return
     typer.echo(f"maintenance {w.id} ended; held alerts still firing in "
                f"{format_duration(maint.grace)} will be sent")
 
@@ -310,7 +314,7 @@ def maintenance_list(
         return
     t = Table()
     for col in ("id", "reason", "holding", "started", "ended", "deadline", "matchers"):
-        t.add_column(col, overflow="fold")
+        t.add_column(col, overflow="fold", no_wrap=col == "id")
     for w in found:
         t.add_row(w.id, escape(w.reason), "yes" if w.holds(now, maint.grace) else "no",
                   _when(w.started), _when(w.ended), _when(w.deadline),

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ..errors import UsageError
 from .common import ConfigOption, JsonOption, effective_config, print_json, state_store
+from .plain import shown_text
 
 app = typer.Typer(help="Hardware and software health checks.", no_args_is_help=True)
 
@@ -69,7 +70,8 @@ def run(
         for col in ("check", "status", "message", "action"):
             t.add_column(col)
         for r in results:
-            t.add_row(escape(r.check), f"[{_STYLE[r.status]}]{r.status}", escape(r.message),
+            t.add_row(escape(r.check), f"[{_STYLE[r.status]}]{r.status}",
+                      escape(shown_text(r.message)),
                       escape(r.action) if r.action and r.status != "OK" else "")
         Console().print(t)
     raise typer.Exit(exit_code(results))
@@ -102,7 +104,7 @@ def list_(config: ConfigOption = None, json_out: JsonOption = False) -> None:
 @app.command("history")
 def history(
     check: Annotated[str | None, typer.Option("--check")] = None,
-    limit: Annotated[int, typer.Option(min=1)] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=1_000_000)] = 100,
     config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -121,5 +123,5 @@ def history(
         t.add_row(datetime.fromtimestamp(r["ts"], UTC).strftime("%Y-%m-%d %H:%M:%S"),
                   escape(r["check"]),
                   f"{escape(r['from'])} -> [{_STYLE.get(r['to'], '')}]{escape(r['to'])}",
-                  escape(r["message"]))
+                  escape(shown_text(r["message"])))
     Console().print(t)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
 from collections.abc import Iterator
@@ -68,21 +66,10 @@ def state_store(cfg: Config | Path) -> Iterator[Store]:
         store.close()
 
 
-def _finite(data: Any) -> Any:
-    """``data`` with NaN and infinities as null: JSON has no spelling for them, and
-    Python's ``NaN``/``Infinity`` tokens break jq and most parsers."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [_finite(v) for v in data]
-    return data
-
-
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(_finite(data), indent=2, sort_keys=False,
-                                allow_nan=False) + "\n")
+    from ..strict_json import dumps
+
+    sys.stdout.write(dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def shown_path(path: str) -> str:
@@ -99,3 +86,11 @@ def shown_path(path: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def shown_text(text: str) -> str:
+    """Free text from outside (a custom check's output) for a terminal: control
+    characters other than newline and tab written as escapes, so the text cannot move
+    the cursor or recolour the operator's terminal."""
+    return "".join(ch if ch in "\n\t" or ch.isprintable() else
+                   ch.encode("unicode_escape").decode("ascii") for ch in text)

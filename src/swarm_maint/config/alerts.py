@@ -46,15 +46,22 @@ class ReceiverConfig(_Section):
     def _per_type(self) -> ReceiverConfig:
         t = self.type
         if t in ("webhook", "alertmanager", "slack"):
-            if not re.match(r"https?://[^/\s]+", self.url):
-                raise ValueError(f"receiver {self.name!r} ({t}) needs url = \"http(s)://...\"")
+            if not _http_url(self.url):
+                raise ValueError(f"receiver {self.name!r} ({t}) needs url = \"http(s)://...\" "
+                                 "with a valid host and port")
         elif t == "email":
             if not self.smtp_host:
                 raise ValueError(f"receiver {self.name!r} (email) needs smtp_host")
-            if "@" not in self.from_address or not self.to or any("@" not in a
-                                                                   for a in self.to):
+            if not _ADDRESS.fullmatch(self.from_address) or not self.to or not all(
+                    _ADDRESS.fullmatch(a) for a in self.to):
                 raise ValueError(f"receiver {self.name!r} (email) needs from_address and to "
-                                 "(a list of addresses)")
+                                 "(a list of addresses), each like name@example.com")
+        for key, value in self.headers.items():
+            # httpx sends header values as ASCII; CR/LF would start another header
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", key) or not value.isascii() \
+                    or any(c in value for c in "\r\n\0"):
+                raise ValueError(f"receiver {self.name!r}: header {key!r}: names are HTTP "
+                                 "tokens, values ASCII on one line")
             if self.security not in ("starttls", "tls", "none"):
                 raise ValueError(f"receiver {self.name!r}: security must be starttls, tls "
                                  "or none")
@@ -68,6 +75,21 @@ class ReceiverConfig(_Section):
                 raise ValueError(f"receiver {self.name!r}: unknown type {t!r} (known: "
                                  f"{', '.join(plugins)})")
         return self
+
+
+_ADDRESS = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+")
+
+
+def _http_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (out of range or not a number: ValueError)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and \
+        not any(c.isspace() for c in url)
 
 
 def _check_matchers(v: list[str]) -> list[str]:

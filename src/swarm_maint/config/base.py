@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 from ..defaults import default_state_dir
-from ..durations import format_duration, parse_duration
+from ..durations import check_duration, format_duration, parse_duration
 
 __all__ = ["Duration", "default_state_dir", "parse_listen"]
-
-
-_MAX_SECONDS = 100 * 366 * 86400.0  # a century: past it, times overflow the calendar
 
 
 def _to_seconds(value: object) -> float:
@@ -28,12 +24,9 @@ def _to_seconds(value: object) -> float:
         raise ValueError("expected a duration string such as '30s'")
     # TOML has nan and inf: every comparison with NaN is false, so it would pass the
     # minimums, and JSON has no spelling for either
-    if not math.isfinite(seconds):
-        raise ValueError(f"{value!r} is not a finite duration")
+    check_duration(seconds, value)
     if seconds < 0:
         raise ValueError("durations cannot be negative")
-    if seconds > _MAX_SECONDS:
-        raise ValueError(f"{value!r} is longer than 100 years")
     return seconds
 
 

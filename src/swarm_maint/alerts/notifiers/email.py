@@ -160,7 +160,10 @@ class EmailNotifier:
     def send(self, batch: Batch) -> None:
         password = self._password() if self.username else ""
         context = self._context() if self.security != "none" else None
-        msg = build_message(batch, self.from_address, self.to)
+        try:
+            msg = build_message(batch, self.from_address, self.to)
+        except ValueError as exc:  # an address or header the email library refuses
+            raise NotifyError(f"{self.server}: cannot build the message: {exc}") from None
         # Alertmanager greets with the plain host name as well; getfqdn() may block on DNS.
         local = local_hostname()
         step = "connect"

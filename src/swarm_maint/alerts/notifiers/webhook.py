@@ -66,7 +66,8 @@ def post_json(url: str, body: Any, headers: dict[str, str], timeout: float) -> h
     """POST ``body`` as JSON; ``NotifyError`` (one line) unless the answer is 2xx."""
     try:
         resp = httpx.post(url, json=body, headers=headers, timeout=timeout)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, UnicodeError, ValueError) as exc:
+        # a URL or header httpx cannot send is a failed delivery too, said in one line
         raise NotifyError(f"{url}: {one_line(exc)}") from None
     if not 200 <= resp.status_code < 300:
         text = resp.text.strip().splitlines()[0][:200] if resp.text.strip() else ""
