@@ -20,13 +20,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Yield the base URL of ``app`` served on 127.0.0.1; stop it afterwards."""
+def serve(app: Any, **config: Any) -> Iterator[str]:
+    """Yield the base URL of ``app`` served on 127.0.0.1; stop it afterwards. ``config``:
+    more uvicorn.Config settings (the agent's HTTP protocol, say)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                            **config))
     t = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     t.start()
     deadline = time.monotonic() + 10

@@ -26,6 +26,7 @@ import uvicorn
 from .alerts.service import AlertService, build_alerts
 from .api.app import ApiContext, create_app
 from .api.auth import ensure_token
+from .api.http_protocol import HeadDeadlineProtocol, quiet_accept_errors
 from .clock import Clock, SystemClock
 from .config import Config, parse_listen
 from .errors import StateError, UsageError
@@ -200,13 +201,14 @@ class Agent:
     def run(self) -> None:
         """Serve until stop() or SIGTERM/SIGINT; always closes every component."""
         sock = bind_listener(self.listen)
+        quiet_accept_errors()
         server = _Server(
             uvicorn.Config(
                 self.app,
                 log_level="warning",
                 access_log=False,
                 lifespan="off",
-                http="httptools",
+                http=HeadDeadlineProtocol,
                 loop="asyncio",
                 timeout_graceful_shutdown=1,
                 server_header=False,

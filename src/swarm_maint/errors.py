@@ -22,6 +22,7 @@ __all__ = [
     "AgentUnreachableError",
     "ConfigError",
     "FileAccessError",
+    "NotFoundError",
     "PluginError",
     "ServiceError",
     "StateError",
@@ -46,6 +47,11 @@ class UsageError(SwarmMaintError):
     """A command-line argument or API parameter is invalid."""
 
     exit_code = 2
+
+
+class NotFoundError(UsageError):
+    """A named thing (silence, maintenance window) that does not exist: exit 2 on the
+    command line, 404 in the API."""
 
 
 class StateError(SwarmMaintError):

@@ -89,7 +89,7 @@ def test_silences_need_the_token_and_validate_input(
     assert c.get("/api/v1/silences").json()["silences"] == []
     assert len(c.get("/api/v1/silences?all=true").json()["silences"]) == 1
     r = c.delete("/api/v1/silences/nope", headers=AUTH)
-    assert r.status_code == 400 and "no silence" in r.json()["error"]
+    assert r.status_code == 404 and "no silence" in r.json()["error"]
 
 
 def test_maintenance_windows(api: tuple[httpx.Client, Receiver, FakeClock]) -> None:
@@ -122,3 +122,38 @@ def test_test_notification(api: tuple[httpx.Client, Receiver, FakeClock]) -> Non
     assert r.json()["delivered"] is False and "127.0.0.1:9" in r.json()["error"]
     r = c.post("/api/v1/alerts/test", json={"receiver": "nope"}, headers=AUTH)
     assert r.status_code == 400 and "no receiver named 'nope'" in r.json()["error"]
+
+
+def test_the_token_is_checked_before_the_body_is_read(
+    api: tuple[httpx.Client, Receiver, FakeClock],
+) -> None:
+    """FastAPI parses a body before route dependencies run: without this guard a client
+    with no token could make the agent parse any amount of JSON."""
+    c, _, _ = api
+    assert c.post("/api/v1/silences", content=b"{bad").status_code == 401  # not 400
+    big = b'{"matchers": [' + b"{}," * 40_000 + b'{}], "duration": "1h", "comment": "x"}'
+    assert c.post("/api/v1/silences", content=big).status_code == 401
+    r = c.post("/api/v1/silences", content=big, headers=AUTH)
+    assert r.status_code == 413 and "larger than" in r.json()["error"]
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(100):
+            yield b" " * 4096
+
+    r = c.post("/api/v1/silences", content=chunks(), headers=AUTH)
+    assert r.status_code == 413
+
+
+def test_misspelt_fields_and_unknown_routes_are_errors_in_the_documented_shape(
+    api: tuple[httpx.Client, Receiver, FakeClock],
+) -> None:
+    c, _, _ = api
+    r = c.post("/api/v1/maintenance", headers=AUTH,
+               json={"reason": "typo", "max_duraton": "5m", "matcher": ["alertname=Foo"]})
+    assert r.status_code == 400 and "max_duraton" in r.json()["error"]
+    assert c.get("/api/v1/maintenance").json()["windows"] == []
+    for method, path, code in (("GET", "/api/v1/nothing", 404), ("PUT", "/api/v1/status", 405),
+                               ("GET", "/openapi.json", 404), ("GET", "/api/v1/status/", 404)):
+        r = c.request(method, path, headers=AUTH)
+        assert r.status_code == code and "location" not in r.headers, (path, r.text)
+        assert set(r.json()) == {"error"}

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from ..clock import Clock
-from ..errors import UsageError
+from ..errors import NotFoundError, UsageError
 from ..store import Store
 from .matchers import Matcher, parse_matcher
 
@@ -85,7 +85,7 @@ class Maintenance:
                              " AND ended IS NULL", (now, window_id)).rowcount
             if not n and conn.execute("SELECT 1 FROM maintenance_windows WHERE id = ?",
                                       (window_id,)).fetchone() is None:
-                raise UsageError(f"no maintenance window with id {window_id!r}")
+                raise NotFoundError(f"no maintenance window with id {window_id!r}")
         found = self.get(window_id)
         assert found is not None
         return found

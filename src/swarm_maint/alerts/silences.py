@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from ..clock import Clock
-from ..errors import UsageError
+from ..errors import NotFoundError, UsageError
 from ..store import Store
 from .matchers import Matcher, matches_all, parse_matcher
 
@@ -87,7 +87,7 @@ class Silences:
             row = conn.execute("SELECT * FROM alert_silences WHERE id = ?",
                                (silence_id,)).fetchone()
             if row is None:
-                raise UsageError(f"no silence with id {silence_id!r} "
+                raise NotFoundError(f"no silence with id {silence_id!r} "
                                  "(see: swarm-maint alerts silence list)")
             if row[3] > now:
                 conn.execute("UPDATE alert_silences SET ends = ? WHERE id = ?",

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..alerts.notifiers import NotifyError
 from ..alerts.service import AlertService
@@ -18,6 +18,8 @@ __all__ = ["alerts_router"]
 
 
 class SilenceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a default
+
     matchers: Annotated[list[str], Field(min_length=1, max_length=50)]
     duration: Annotated[str, Field(description="e.g. 2h", max_length=32)]
     comment: Annotated[str, Field(min_length=1, max_length=2000)]
@@ -25,12 +27,16 @@ class SilenceIn(BaseModel):
 
 
 class MaintenanceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a default
+
     reason: Annotated[str, Field(min_length=1, max_length=500)]
     max_duration: Annotated[str, Field(max_length=32)] = "1h"
     matchers: Annotated[list[str], Field(max_length=50)] = []
 
 
 class TestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a default
+
     receiver: Annotated[str, Field(min_length=1, max_length=200)]
 
 

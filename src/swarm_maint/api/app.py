@@ -9,12 +9,13 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..alerts.service import AlertService
 from ..clock import Clock, SystemClock
 from ..durations import parse_duration
-from ..errors import UsageError
+from ..errors import NotFoundError, UsageError
 from ..health.runner import HealthRunner
 from ..monitoring.history import Aggregate
 from ..monitoring.hub import MetricsHub
@@ -24,6 +25,7 @@ from ..strict_json import dumps as strict_dumps
 from ..updates.watcher import SecurityWatcher
 from .alerts_routes import alerts_router
 from .auth import token_matches
+from .guard import RequestGuard
 from .jobs_routes import jobs_router
 
 __all__ = ["METRICS_CONTENT_TYPE", "ApiContext", "create_app", "parse_time"]
@@ -79,7 +81,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         default_response_class=StrictJSONResponse,
+        openapi_url=None,  # not a public schema: its 422 answers are not what we send
+        redirect_slashes=False,  # a redirect built from the client's Host header
     )
+    app.add_middleware(RequestGuard, token=lambda: ctx.token)
 
     def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
         if not token_matches(ctx.token, authorization):
@@ -95,7 +100,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.exception_handler(UsageError)
     async def _usage(_: Request, exc: UsageError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        status = 404 if isinstance(exc, NotFoundError) else 400
+        return JSONResponse({"error": str(exc)[:500]}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # unknown routes, wrong methods, unparsable bodies: the documented shape too
+        return JSONResponse({"error": str(exc.detail)[:500]}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
