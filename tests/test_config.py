@@ -204,3 +204,21 @@ def test_print_json_writes_strict_json(capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     assert json.loads(out, parse_constant=lambda c: pytest.fail(f"non-JSON {c}")) == {
         "a": None, "b": [1.5, None], "c": ["x", 2]}
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ('[[health.custom]]\nname="x"\ncommand=["true"]\n[[health.custom]]\nname="x"\n'
+     'command=["false"]\n', "key health: two health checks share the name(s) x"),
+    ('[[health.custom]]\nname="gpu_count"\ncommand=["true"]\n',
+     "share the name(s) gpu_count"),  # a custom check named like a built-in one
+    ('[health]\nfamilies=["nosuch"]\n', "no plugin 'nosuch'"),
+    ("[health.checks.nosuch]\nenabled=false\n", "key health.checks: no such check: nosuch"),
+    ('[alerts]\nrule_files=["/nonexistent.yml"]\n', "cannot read the rule file"),
+])
+def test_config_check_also_checks_what_the_file_names(
+        tmp_path: Path, text: str, problem: str) -> None:
+    """The agent would refuse these at start (or ignore a typo): `config check` says so."""
+    path = write(tmp_path, text)
+    r = subprocess.run([sys.executable, "-m", "swarm_maint.cli.main", "config", "check",
+                        str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and problem in r.stderr, r.stderr

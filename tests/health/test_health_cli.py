@@ -41,3 +41,22 @@ def test_run_list_history(tmp_path: Path) -> None:
               check=False)
     assert bad.returncode == 2
     assert "no such check: warp_core" in bad.stderr
+
+
+def test_list_shows_a_custom_check_s_own_timeout_and_run_escapes_its_output(
+        tmp_path: Path) -> None:
+    script = tmp_path / "noisy.py"
+    script.write_text("import sys\nsys.stdout.buffer.write(b'bad\\x00 \\x1b[31mred\\n')\n"
+                      "sys.exit(2)\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[agent]\nstate_dir = "{tmp_path / "st"}"\n[health]\nfamilies = []\n'
+                   f'[[health.custom]]\nname = "a"\ncommand = ["true"]\n'
+                   f'[[health.custom]]\nname = "noisy"\ncommand = ["python3", "{script}"]\n'
+                   f'timeout = "2s"\n')
+    listed = {x["check"]: x for x in json.loads(cli(tmp_path, "health", "list", "--json",
+                                                    "--config", str(cfg)).stdout)}
+    assert listed["a"]["timeout"] == 5.0 and listed["noisy"]["timeout"] == 2.0
+    r = cli(tmp_path, "health", "run", "--config", str(cfg), check=False)
+    assert r.returncode == 2
+    assert "\x1b" not in r.stdout and "\x00" not in r.stdout
+    assert "\\x1b[31mred" in r.stdout

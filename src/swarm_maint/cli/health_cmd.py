@@ -82,9 +82,10 @@ def list_(config: ConfigOption = None, json_out: JsonOption = False) -> None:
     """The configured checks with their intervals."""
     _cfg, hub, store, svc = _service(config)
     try:
+        # a custom check's own timeout, not the runner's guard around it (5 s more)
         rows = [{"check": c.name, "level": c.level, "interval": svc.runner.interval_of(c),
-                 "timeout": c.timeout} for c in sorted(svc.runner.checks.values(),
-                                                       key=lambda c: c.name)]
+                 "timeout": getattr(c, "command_timeout", c.timeout)}
+                for c in sorted(svc.runner.checks.values(), key=lambda c: c.name)]
     finally:
         svc.close()
         hub.close()
