@@ -89,6 +89,13 @@ retention = "14d"
          "backup.jobs[0].schedule", "never fires"),
         ("[backup.config_snapshots]\npaths = ['']\n", "backup.config_snapshots.paths",
          "empty path"),
+        ("[health.thresholds]\ngpu_temperature_warning = nan\n",
+         "health.thresholds.gpu_temperature_warning", "finite number"),
+        ("[health.thresholds]\ndisk_used_warning = 0.99\ndisk_used_critical = 0.5\n",
+         "health.thresholds", "disk_used_warning (0.99) is above disk_used_critical (0.5)"),
+        ("[health]\ninterval = '0s'\n", "health.interval", "greater than 0"),
+        ("[[alerts.receivers]]\nname = 'r'\ntype = 'alertmanager'\nurl = 'http://h:1'\n"
+         "resend_interval = '0s'\n", "alerts.receivers[0].resend_interval", "greater than 0"),
         ("[[backup.jobs]]\nname = 'x'\npaths = ['data/models']\n", "backup.jobs[0].paths",
          "give an absolute path"),
     ],

@@ -22,11 +22,11 @@ class ReceiverConfig(_Section):
                       "or a plugin registered in the swarm_maint.notifiers entry-point group.")
     url: str = Field("", description="webhook and slack: where notifications are POSTed; "
                      "alertmanager: its base URL, e.g. http://127.0.0.1:9093.")
-    timeout: Duration = Field(5.0, description="Timeout of one delivery attempt.")
+    timeout: Duration = Field(5.0, gt=0, description="Timeout of one delivery attempt.")
     send_resolved: bool = Field(True, description="Also notify when an alert resolves.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers "
                                     "(webhook, alertmanager, slack), e.g. Authorization.")
-    resend_interval: Duration = Field(60.0, description="alertmanager: re-send firing "
+    resend_interval: Duration = Field(60.0, gt=0, description="alertmanager: re-send firing "
                                       "alerts this often; each push is valid for 4 times it.")
     channel: str = Field("", description="slack: channel override (empty: the hook's own).")
     smtp_host: str = Field("", description="email: SMTP server host.")
@@ -110,7 +110,7 @@ class RouteConfig(_Section):
                                 "with equal values of these labels are sent together.")
     group_wait: Duration = Field(0.0, description="How long a new group waits for more "
                                  "alerts before its first notification.")
-    repeat_interval: Duration = Field(4 * 3600.0, description="Notify again about an alert "
+    repeat_interval: Duration = Field(4 * 3600.0, gt=0, description="Notify again about an alert "
                                       "that is still firing this often.")
     continue_matching: bool = Field(False, description="Also try the following routes "
                                     "after this one matched.")
@@ -131,7 +131,7 @@ class AlertsConfig(_Section):
                                          "alerts no route matches; empty means all.")
     group_by: list[str] = Field(default_factory=lambda: ["alertname"], description="Grouping "
                                 "of alerts no route matches.")
-    repeat_interval: Duration = Field(4 * 3600.0, description="Repeat interval of alerts no "
+    repeat_interval: Duration = Field(4 * 3600.0, gt=0, description="Repeat interval of alerts no "
                                       "route matches.")
     max_per_second: float = Field(5.0, gt=0, description="Most notifications per second to "
                                   "one receiver (a returning receiver gets no storm).")

@@ -59,5 +59,7 @@ def _check_regex(value: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+    # NaN passes every minimum (each comparison with it is false) and inf every maximum
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True,
+                              allow_inf_nan=False)
 

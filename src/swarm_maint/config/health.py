@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import Duration, _Section
 
@@ -72,12 +72,20 @@ class ThresholdsConfig(_Section):
     memory_available_warning: float = Field(0.05, ge=0, le=1, description="Available share "
                                             "of RAM below which it is a WARNING.")
 
+    @model_validator(mode="after")
+    def _ordered(self) -> ThresholdsConfig:
+        for what in ("disk_used", "inodes_used", "gpu_temperature", "retired_pages"):
+            warn, crit = getattr(self, f"{what}_warning"), getattr(self, f"{what}_critical")
+            if warn > crit:
+                raise ValueError(f"{what}_warning ({warn}) is above {what}_critical ({crit})")
+        return self
+
 
 class HealthConfig(_Section):
     enabled: bool = Field(True, description="Run health checks in the agent.")
-    interval: Duration = Field(30.0, description="How often the passive checks run.")
-    full_interval: Duration = Field(3600.0, description="How often the full suite runs.")
-    timeout: Duration = Field(10.0, description="A check that takes longer is UNKNOWN.")
+    interval: Duration = Field(30.0, gt=0, description="How often the passive checks run.")
+    full_interval: Duration = Field(3600.0, gt=0, description="How often the full suite runs.")
+    timeout: Duration = Field(10.0, gt=0, description="A check that takes longer is UNKNOWN.")
     failures_to_trip: int = Field(1, ge=1, description="Consecutive failed runs before a "
                                   "condition turns unhealthy.")
     passes_to_clear: int = Field(2, ge=1, description="Consecutive passing runs before it "
