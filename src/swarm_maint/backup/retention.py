@@ -197,11 +197,14 @@ def forget(
     forget_all: bool = False,
     dry_run: bool = False,
     only_tags: Iterable[str] = (),
+    all_readable: bool = False,
 ) -> ForgetResult:
     """Delete the snapshot objects the policy does not keep (only the objects: their data
     stays until ``prune``). Snapshots that cannot be read are never deleted here.
     With ``only_tags``, only snapshots carrying all of them are considered (a scheduled
-    backup job's own snapshots, in a repository several jobs share)."""
+    backup job's own snapshots, in a repository several jobs share). With
+    ``all_readable`` (a prune follows, which could not tell what an unreadable snapshot
+    uses), an unreadable snapshot stops it before anything is deleted."""
     keep_tags = tuple(keep_tags)
     # refuse before reading anything
     if KeepPolicy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly,
@@ -218,6 +221,12 @@ def forget(
             continue
         if required <= set(obj.get("tags", [])):
             snaps.append((sid, obj))
+    if all_readable and result.unreadable and not dry_run:
+        bad = result.unreadable[0]
+        raise DamagedObjectError(
+            f"snapshot {bad[:16]} cannot be read, so prune cannot tell which data is still "
+            "used; nothing was forgotten or deleted (run `swarm-maint backup verify`, or "
+            "forget without --prune)", f"snapshots/{bad}")
     result.kept, result.removed = select_forget(
         snaps, keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
         keep_weekly=keep_weekly, keep_monthly=keep_monthly, keep_yearly=keep_yearly,

@@ -229,11 +229,11 @@ def forget(
 
     r = open_repo(repo, password_file)
     with locked(r, exclusive=True):
-        if prune and not dry_run:
-            _no_damaged_snapshots(r)  # prune would refuse: then forget nothing either
+        # all_readable: prune would refuse an unreadable snapshot, so forget nothing either
         res = do_forget(r, keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
                         keep_weekly=keep_weekly, keep_monthly=keep_monthly,
-                        keep_yearly=keep_yearly, keep_tags=keep_tag or [], dry_run=dry_run)
+                        keep_yearly=keep_yearly, keep_tags=keep_tag or [], dry_run=dry_run,
+                        all_readable=prune)
         try:
             pr = do_prune(r, dry_run=dry_run) if prune else None
         except SwarmMaintError as exc:
@@ -256,19 +256,6 @@ def forget(
                        "`swarm-maint backup verify`)", err=True)
         if pr is not None:
             typer.echo(pr.summary())
-
-
-def _no_damaged_snapshots(r: Any) -> None:
-    from ..backup.errors import DamagedObjectError
-    from ..backup.snapshots import list_snapshots
-
-    damaged: list[str] = []
-    list_snapshots(r, damaged=damaged)
-    if damaged:
-        raise DamagedObjectError(
-            f"snapshot {damaged[0][:16]} cannot be read, so prune cannot tell which data "
-            "is still used; nothing was forgotten or deleted (run `swarm-maint backup "
-            "verify`, or forget without --prune)", f"snapshots/{damaged[0]}")
 
 
 @app.command("prune")

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..config import Config, parse_listen
+from ..config.base import is_http_url
 from ..errors import UsageError
 from .common import ConfigOption, JsonOption, effective_config, print_json
 
@@ -29,15 +30,7 @@ def agent_base(cfg: Config, url: str | None) -> str:
     """The agent's base URL: ``--url`` when given (it must be one), else the config's."""
     if url is None:
         return _agent_url(cfg)
-    from urllib.parse import urlsplit
-
-    try:
-        parsed = urlsplit(url)
-        ok = parsed.scheme in ("http", "https") and bool(parsed.hostname)
-        parsed.port  # noqa: B018 (a port out of range or not a number raises here)
-    except ValueError as exc:
-        raise UsageError(f"--url {url!r}: {exc}") from None
-    if not ok:
+    if not is_http_url(url):
         raise UsageError(f"--url {url!r}: give http://HOST:PORT (or https://)")
     return url.rstrip("/")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import Duration, _Section
+from .base import Duration, _Section, is_http_url
 
 __all__ = ["AlertsConfig", "ReceiverConfig", "RouteConfig"]
 
@@ -46,7 +46,7 @@ class ReceiverConfig(_Section):
     def _per_type(self) -> ReceiverConfig:
         t = self.type
         if t in ("webhook", "alertmanager", "slack"):
-            if not _http_url(self.url):
+            if not is_http_url(self.url):
                 raise ValueError(f"receiver {self.name!r} ({t}) needs url = \"http(s)://...\" "
                                  "with a valid host and port")
         elif t == "email":
@@ -78,18 +78,6 @@ class ReceiverConfig(_Section):
 
 
 _ADDRESS = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+")
-
-
-def _http_url(url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (out of range or not a number: ValueError)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and \
-        not any(c.isspace() for c in url)
 
 
 def _check_matchers(v: list[str]) -> list[str]:

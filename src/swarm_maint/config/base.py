@@ -58,6 +58,20 @@ def _check_regex(value: str) -> str:
     return value
 
 
+def is_http_url(url: str) -> bool:
+    """An http(s) URL with a host, and a port that is a number in range if given: what
+    httpx can send to (it accepts ``http://[bad`` and ``:99999`` and fails later)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (out of range or not a number: ValueError)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and \
+        not any(c.isspace() for c in url)
+
+
 class _Section(BaseModel):
     # NaN passes every minimum (each comparison with it is false) and inf every maximum
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True,
