@@ -39,9 +39,11 @@ __all__ = [
     "compress_if_worth_it",
     "decode_blob",
     "pack_buffer_size",
+    "pack_id_of",
     "pack_name",
     "parse_header",
     "read_header",
+    "whole_pack_header",
 ]
 
 DATA = 0
@@ -79,6 +81,15 @@ class PackEntry:
 def pack_name(pack_id: bytes) -> str:
     h = pack_id.hex()
     return f"packs/{h[:2]}/{h}"
+
+
+def pack_id_of(name: str) -> bytes | None:
+    """The id a stored pack name stands for; None for a file that is no pack's."""
+    try:
+        pid = bytes.fromhex(name.rsplit("/", 1)[-1])
+    except ValueError:
+        return None
+    return pid if len(pid) == 32 and pack_name(pid) == name else None
 
 
 def blob_aad(kind: int, blob_id: bytes) -> bytes:
@@ -250,3 +261,13 @@ def read_header(crypto: Crypto, storage: Storage, name: str, size: int) -> list[
         raise DamagedObjectError(f"{name}: header length {hlen} out of bounds", name)
     sealed = storage.read_range(name, size - 4 - hlen, hlen)
     return parse_header(crypto, sealed, size, name)
+
+
+def whole_pack_header(crypto: Crypto, data: bytes, name: str) -> list[PackEntry]:
+    """Parse the header of a pack read whole into memory."""
+    if len(data) < 4 + 28:
+        raise DamagedObjectError(f"{name}: too short to be a pack", name)
+    (hlen,) = struct.unpack_from("<I", data, len(data) - 4)
+    if hlen > len(data) - 4:
+        raise DamagedObjectError(f"{name}: header length {hlen} out of bounds", name)
+    return parse_header(crypto, data[len(data) - 4 - hlen:len(data) - 4], len(data), name)

@@ -28,12 +28,12 @@ from typing import Any
 
 from ..errors import UsageError
 from .errors import DamagedObjectError, RepositoryError
-from .packs import PACK_TARGET, PackEntry, PackWriter, decode_blob, pack_name
+from .packs import PACK_TARGET, PackEntry, PackWriter, decode_blob, pack_id_of, pack_name
 from .repository import Repository
 from .storage import LocalStorage, Storage, check_name
 from .verify import ProgressFn, parse_snapshot_tree, parse_tree
 
-__all__ = ["GRACE_SECONDS", "PruneResult", "mark_used_blobs", "prune"]
+__all__ = ["GRACE_SECONDS", "PackOutput", "PruneResult", "mark_used_blobs", "prune"]
 
 GRACE_SECONDS = 3600.0
 
@@ -154,7 +154,7 @@ def _object_mtime(storage: Storage, name: str) -> float | None:
     return None
 
 
-class _PackOutput:
+class PackOutput:
     """Writes copied blobs into new packs (nothing is written in a dry run)."""
 
     def __init__(self, repo: Repository, dry_run: bool) -> None:
@@ -253,7 +253,7 @@ def prune(repo: Repository, *, repack_threshold: float = 0.5,
             keep[pid] = entries
 
     # copy the used blobs of packs to repack (checked: damage is never copied)
-    out = _PackOutput(repo, dry_run)
+    out = PackOutput(repo, dry_run)
     repacked: list[bytes] = []
     for i, (pid, mine) in enumerate(repack.items()):
         tick("repack", i, len(repack))
@@ -279,6 +279,8 @@ def prune(repo: Repository, *, repack_threshold: float = 0.5,
     indexed_names = {pack_name(p) for p in packs}
     old_unreferenced: list[str] = []
     for name in sorted(stored - indexed_names):
+        if pack_id_of(name) is None:
+            continue  # not a pack (someone else's file): not prune's to delete
         try:
             mtime = _object_mtime(storage, name)
         except OSError:
@@ -322,13 +324,8 @@ def prune(repo: Repository, *, repack_threshold: float = 0.5,
         # 1. the new packs are durable (written above); 2. the new index
         new_packs = dict(keep)
         new_packs.update(out.packs)
-        sup = [bytes.fromhex(n.rsplit("/", 1)[1]) for n in index_files]
-        new_index = repo._write_index(new_packs, supersedes=sup)
         # 3. the index files it supersedes
-        for i, name in enumerate(index_files):
-            tick("delete-index", i, len(index_files))
-            if name != new_index:
-                storage.delete(name)
+        repo.replace_index(new_packs, index_files, tick)
         result.index_files_replaced = len(index_files)
     # 4. packs no index names any more
     for i, name in enumerate(to_delete):

@@ -12,7 +12,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +37,7 @@ from .packs import (
     compress_if_worth_it,
     decode_blob,
     pack_buffer_size,
+    pack_id_of,
     pack_name,
 )
 from .packs import read_header as read_pack_header
@@ -199,19 +200,33 @@ class Repository:
         known = {pack_name(p) for p in self.index.packs}
         found: dict[bytes, list[PackEntry]] = {}
         for name in self.storage.list("packs/"):
-            if name in known:
+            pid = pack_id_of(name)
+            if name in known or pid is None:
                 continue
             try:
                 entries = read_pack_header(self.crypto, self.storage, name,
                                            self.storage.size(name))
             except (DamagedObjectError, FileNotFoundError, OSError):
                 continue  # verify reports it; a damaged orphan adds nothing
-            found[bytes.fromhex(name.rsplit("/", 1)[1])] = entries
+            found[pid] = entries
         if found:
             for pack_id, entries in found.items():
                 self.index.add_pack(pack_id, entries, None)
             self._write_index(found)
         return len(found)
+
+    def replace_index(self, packs: dict[bytes, list[PackEntry]], old_files: list[str],
+                      tick: Callable[[str, int, int], None] | None = None) -> None:
+        """One new index file listing ``packs`` that supersedes ``old_files``, which are
+        then deleted (prune and repair; the packs must be durable already). A crash
+        between the two leaves superseded files that readers ignore."""
+        sup = [bytes.fromhex(n.rsplit("/", 1)[1]) for n in old_files]
+        new_index = self._write_index(packs, supersedes=sup)
+        for i, name in enumerate(old_files):
+            if tick is not None:
+                tick("delete-index", i, len(old_files))
+            if name != new_index:
+                self.storage.delete(name)
 
     def _write_index(self, packs: dict[bytes, list[PackEntry]],
                      supersedes: Iterable[bytes] = ()) -> str:

@@ -22,7 +22,8 @@ from ..errors import UsageError
 from .errors import DamagedObjectError
 from .repository import Repository
 
-__all__ = ["ForgetResult", "KeepPolicy", "forget", "select_forget", "snapshot_time"]
+__all__ = ["ForgetResult", "KeepPolicy", "forget", "forget_snapshots", "select_forget",
+           "snapshot_time"]
 
 Snapshot = tuple[str, dict[str, Any]]
 
@@ -241,6 +242,18 @@ def forget(
                 else "")
         raise UsageError(f"the keep policy keeps none of the {len(result.removed)} "
                          f"snapshot(s){hint}; refusing to forget them all")
+    if not dry_run:
+        for sid in result.removed:
+            repo.storage.delete(f"snapshots/{sid}")
+    return result
+
+
+def forget_snapshots(repo: Repository, ids: Iterable[str], *,
+                     dry_run: bool = False) -> ForgetResult:
+    """Delete the snapshot objects named by full id, readable or not: the way out for a
+    damaged snapshot, which a keep policy never removes (its time is unknown)."""
+    result = ForgetResult(dry_run=dry_run)
+    result.removed = list(dict.fromkeys(ids))
     if not dry_run:
         for sid in result.removed:
             repo.storage.delete(f"snapshots/{sid}")

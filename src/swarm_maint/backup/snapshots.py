@@ -10,7 +10,7 @@ from .errors import DamagedObjectError, RepositoryError, SnapshotSelectorError
 from .repository import Repository
 from .tree import Node, join_path, load_tree, walk_snapshot
 
-__all__ = ["diff_snapshots", "find_snapshot", "list_files", "list_snapshots"]
+__all__ = ["diff_snapshots", "find_snapshot", "list_files", "list_snapshots", "resolve_snapshot_id"]
 
 _HEX = re.compile(r"[0-9a-f]+")
 _COMPARED = ("type", "content", "mode", "mtime_ns", "size", "target")
@@ -49,6 +49,14 @@ def find_snapshot(repo: Repository, ref: str) -> tuple[str, dict[str, Any]]:
                     f"{', '.join(d[:16] for d in damaged)})", f"snapshots/{damaged[0]}")
             raise RepositoryError("the repository has no snapshots")
         return snaps[-1]
+    sid = resolve_snapshot_id(repo, ref)
+    return sid, repo.load_object("snapshots", sid)
+
+
+def resolve_snapshot_id(repo: Repository, ref: str) -> str:
+    """The full id of the snapshot a full id or unique id prefix names, without reading
+    it (so a damaged snapshot can be named too)."""
+    ref = ref.strip().lower()
     if not ref or not _HEX.fullmatch(ref):
         raise SnapshotSelectorError(f"{ref!r} is not a snapshot id (hex) or 'latest'")
     matches = [s for s in repo.list_objects("snapshots") if s.startswith(ref)]
@@ -57,8 +65,7 @@ def find_snapshot(repo: Repository, ref: str) -> tuple[str, dict[str, Any]]:
     if len(matches) > 1:
         raise SnapshotSelectorError(f"snapshot prefix {ref!r} is ambiguous "
                                     f"({len(matches)} snapshots match)")
-    sid = matches[0]
-    return sid, repo.load_object("snapshots", sid)
+    return matches[0]
 
 
 def list_files(repo: Repository, snapshot_ref: str) -> Iterator[tuple[str, Node]]:

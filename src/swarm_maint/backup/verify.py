@@ -31,7 +31,15 @@ from ..errors import UsageError
 from .crypto import NONCE_SIZE, TAG_SIZE
 from .errors import DamagedObjectError
 from .index import decode_index
-from .packs import _ENTRY, PackEntry, decode_blob, pack_name, parse_header, read_header
+from .packs import (
+    _ENTRY,
+    PackEntry,
+    decode_blob,
+    pack_id_of,
+    pack_name,
+    read_header,
+    whole_pack_header,
+)
 from .repository import Repository
 
 __all__ = [
@@ -186,6 +194,20 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.errors
 
+    @property
+    def next_step(self) -> str | None:
+        """What to do about the damage found; None when there is none."""
+        if self.damaged_indexes or self.missing_packs or self.damaged_packs or self.damaged_blobs:
+            data = " --read-data" if self.damaged_blobs or (self.read_data
+                                                           and self.damaged_packs) else ""
+            return (f"run `swarm-maint backup repair{data}` to rebuild the index from the "
+                    "packs, then back up again")
+        if self.errors:
+            return ("back up the same paths again (data that still exists is stored again "
+                    "and makes these snapshots whole), or `swarm-maint backup forget ID` "
+                    "the damaged snapshots")
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
@@ -220,7 +242,7 @@ class VerifyReport:
             out.append(f"no errors were found{w}")
         else:
             out.append(f"{len(self.errors)} error(s), {len(self.warnings)} warning(s): "
-                       "the repository is damaged")
+                       f"the repository is damaged; {self.next_step}")
         return out
 
 
@@ -279,6 +301,10 @@ def verify(repo: Repository, *, read_data: bool = False,
         if problem is not None:
             report.damaged_packs.append(problem)
     for name in sorted(set(stored) - set(indexed)):
+        if pack_id_of(name) is None:
+            report.unreferenced_packs.append(Problem(
+                "unreferenced_packs", name, f"{name} is not a pack file (left alone)"))
+            continue
         try:
             size = storage.size(name)
         except OSError:
@@ -400,13 +426,7 @@ def _read_pack(repo: Repository, pid: bytes, name: str, entries: list[PackEntry]
             "(storage damage)", pack=name))
     header_problem = None
     try:
-        if len(data) < 4:
-            raise DamagedObjectError(f"{name}: too short to be a pack", name)
-        (hlen,) = struct.unpack_from("<I", data, len(data) - 4)
-        if hlen > len(data) - 4:
-            raise DamagedObjectError(f"{name}: header length {hlen} out of bounds", name)
-        header = parse_header(repo.crypto, data[len(data) - 4 - hlen:len(data) - 4],
-                              len(data), name)
+        header = whole_pack_header(repo.crypto, data, name)
         if header != entries:
             header_problem = f"pack {name}: its header differs from the index"
     except DamagedObjectError as exc:

@@ -9,9 +9,16 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import SwarmMaintError, UsageError
-from .backup_ops import backup_restore, backup_run, locked, open_repo, read_password
+from .backup_ops import (
+    PhaseProgress,
+    backup_restore,
+    backup_run,
+    locked,
+    open_repo,
+    read_password,
+)
 from .common import ConfigOption, JsonOption, check_config, print_json
-from .plain import shown_path
+from .plain import shown_path, shown_text
 
 app = typer.Typer(help="Deduplicated, encrypted backups.", no_args_is_help=True)
 key_app = typer.Typer(help="Passwords that open a repository.", no_args_is_help=True)
@@ -195,13 +202,14 @@ def verify(
     if read_data and read_data_subset is not None:
         raise UsageError("give --read-data or --read-data-subset, not both")
     r = open_repo(repo, password_file)
-    with locked(r, exclusive=False, reading=True):
-        report = do_verify(r, read_data=read_data, read_data_subset=read_data_subset)
+    with locked(r, exclusive=False, reading=True), PhaseProgress(not json_out) as bar:
+        report = do_verify(r, read_data=read_data, read_data_subset=read_data_subset,
+                           progress=bar)
     if json_out:
         print_json(report.to_dict())
     else:
         for line in report.lines():
-            typer.echo(line)
+            typer.echo(shown_text(line))  # names under packs/ may be anyone's
     if not report.ok:
         raise typer.Exit(1)
 
@@ -209,6 +217,9 @@ def verify(
 @app.command("forget")
 def forget(
     repo: RepoOption,
+    snapshot_ids: Annotated[list[str] | None, typer.Argument(
+        help="Snapshot ids or unique prefixes to forget instead of a keep policy (damaged "
+        "snapshots too).", show_default=False)] = None,
     keep_last: Annotated[int, typer.Option(min=0)] = 0,
     keep_hourly: Annotated[int, typer.Option(min=0)] = 0,
     keep_daily: Annotated[int, typer.Option(min=0)] = 0,
@@ -222,20 +233,30 @@ def forget(
     json_out: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Remove snapshots outside the keep policy; --prune also frees their space."""
+    """Remove snapshots outside the keep policy, or the ones named; --prune also frees
+    their space."""
     check_config(config)  # a bad --config is an error here too
     from ..backup.prune import prune as do_prune
     from ..backup.retention import forget as do_forget
+    from ..backup.retention import forget_snapshots
+    from ..backup.snapshots import resolve_snapshot_id
 
+    policy = (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
+    if snapshot_ids and (any(policy) or keep_tag):
+        raise UsageError("give snapshot ids or a keep policy, not both")
     r = open_repo(repo, password_file)
-    with locked(r, exclusive=True):
-        # all_readable: prune would refuse an unreadable snapshot, so forget nothing either
-        res = do_forget(r, keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
-                        keep_weekly=keep_weekly, keep_monthly=keep_monthly,
-                        keep_yearly=keep_yearly, keep_tags=keep_tag or [], dry_run=dry_run,
-                        all_readable=prune)
+    with locked(r, exclusive=True), PhaseProgress(prune and not json_out) as bar:
+        if snapshot_ids:
+            res = forget_snapshots(r, [resolve_snapshot_id(r, s) for s in snapshot_ids],
+                                   dry_run=dry_run)
+        else:
+            # all_readable: prune would refuse an unreadable snapshot: forget nothing either
+            res = do_forget(r, keep_last=keep_last, keep_hourly=keep_hourly,
+                            keep_daily=keep_daily, keep_weekly=keep_weekly,
+                            keep_monthly=keep_monthly, keep_yearly=keep_yearly,
+                            keep_tags=keep_tag or [], dry_run=dry_run, all_readable=prune)
         try:
-            pr = do_prune(r, dry_run=dry_run) if prune else None
+            pr = do_prune(r, dry_run=dry_run, progress=bar) if prune else None
         except SwarmMaintError as exc:
             if res.removed and not dry_run:  # say what forget did before prune stopped
                 exc.args = (f"{exc} (forget had already removed {len(res.removed)} "
@@ -250,7 +271,8 @@ def forget(
         print_json(out)
     else:
         verb = "would remove" if dry_run else "removed"
-        typer.echo(f"{verb} {len(res.removed)} snapshot(s), kept {len(res.kept)}")
+        kept = "" if snapshot_ids else f", kept {len(res.kept)}"
+        typer.echo(f"{verb} {len(res.removed)} snapshot(s){kept}")
         for sid in res.unreadable:
             typer.echo(f"warning: snapshot {sid[:16]} cannot be read: left alone (run "
                        "`swarm-maint backup verify`)", err=True)
@@ -267,12 +289,46 @@ def prune(repo: RepoOption, dry_run: Annotated[bool, typer.Option("--dry-run")] 
     from ..backup.prune import prune as do_prune
 
     r = open_repo(repo, password_file)
-    with locked(r, exclusive=True):
-        pr = do_prune(r, dry_run=dry_run)
+    with locked(r, exclusive=True), PhaseProgress(not json_out) as bar:
+        pr = do_prune(r, dry_run=dry_run, progress=bar)
     if json_out:
         print_json(pr.to_dict())
     else:
         typer.echo(pr.summary())
+
+
+@app.command("repair")
+def repair(repo: RepoOption, read_data: Annotated[bool, typer.Option(
+    "--read-data", help="Read every pack whole and salvage the intact blobs of damaged "
+    "ones (without it only pack headers are read).")] = False,
+           dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+           password_file: PasswordFileOption = None, json_out: JsonOption = False,
+           config: ConfigOption = None) -> None:
+    """Rebuild the index from the packs, salvaging what damaged packs still hold.
+
+    Exits 1 when snapshots still need data that no pack holds (listed, with the files):
+    back up the same paths again to store what still exists, or forget those snapshots."""
+    check_config(config)  # a bad --config is an error here too
+    from ..backup.repair import repair as do_repair
+    from ..backup.verify import verify as do_verify
+
+    r = open_repo(repo, password_file)
+    with locked(r, exclusive=True), PhaseProgress(not json_out) as bar:
+        res = do_repair(r, read_data=read_data, dry_run=dry_run, progress=bar)
+        # what is left: snapshots that need data no pack holds (a dry run changed nothing)
+        report = None if dry_run else do_verify(r, progress=bar)
+    if json_out:
+        print_json({"repair": res.to_dict(),
+                    "verify": report.to_dict() if report is not None else None})
+    else:
+        typer.echo(shown_text(res.summary()))
+        if report is not None and not report.ok:
+            for line in report.lines():
+                typer.echo(shown_text(line))
+        elif report is not None:
+            typer.echo("the repository verifies clean (structure)")
+    if report is not None and not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command("unlock")

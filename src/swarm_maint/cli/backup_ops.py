@@ -193,6 +193,42 @@ class ProgressBar:
         pass  # every error is listed once when the command ends
 
 
+class PhaseProgress:
+    """Rich progress of a command that works in phases (verify, prune, repair), counting
+    each phase's items, on a terminal; silent otherwise. Called as (phase, done, total)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._progress: Any = None
+        self._task: Any = None
+        self._phase = ""
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                      MofNCompleteColumn(), console=Console(stderr=True),
+                                      transient=True)
+
+    def __enter__(self) -> PhaseProgress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if self._progress is None:
+            return
+        if phase != self._phase:
+            if self._task is not None:
+                self._progress.remove_task(self._task)
+            self._task = self._progress.add_task(phase, total=total)
+            self._phase = phase
+        self._progress.update(self._task, completed=done, total=total)
+
+
 @contextlib.contextmanager
 def no_cyclic_gc() -> Iterator[None]:
     """A backup or restore allocates hundreds of thousands of objects that live until it

@@ -142,7 +142,8 @@ def verify_all(cfg: Config, run: JobRun) -> JobOutcome:
         if not report.ok:
             bad.append(label)
             lines.append(f"{label}: {len(report.errors)} problem(s), first: "
-                         f"{report.lines()[0] if report.lines() else '?'}")
+                         f"{report.lines()[0] if report.lines() else '?'}; "
+                         f"{report.next_step}")
     if bad:
         return JobOutcome("failed", "damaged: " + "; ".join(lines), details)
     read = f", {subset:g}% of the data read" if subset > 0 else ""

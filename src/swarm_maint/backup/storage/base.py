@@ -10,14 +10,20 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
-__all__ = ["Storage", "check_name"]
+__all__ = ["Storage", "check_name", "valid_name"]
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*(/[a-z0-9][a-z0-9_.-]*)*")
 
 
+def valid_name(name: str) -> bool:
+    """Whether ``name`` is a plain relative object name: no '..', no absolute path, no
+    oddities (a file someone else left in the repository may have any name)."""
+    return bool(_NAME.fullmatch(name)) and ".." not in name.split("/")
+
+
 def check_name(name: str) -> str:
-    """Reject anything but plain relative names: no '..', no absolute paths, no oddities."""
-    if not _NAME.fullmatch(name) or ".." in name.split("/"):
+    """``name``, or ValueError when it is not a valid object name."""
+    if not valid_name(name):
         raise ValueError(f"invalid object name {name!r}")
     return name
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..direct_io import ALIGN, AlignedBuffer, align_up, pwrite_all, read_direct_into, set_direct
 from ..errors import RepositoryNotFoundError, StorageFullError
-from .base import check_name
+from .base import check_name, valid_name
 
 __all__ = ["LocalStorage"]
 
@@ -119,7 +119,8 @@ class LocalStorage:
                 if f.startswith(".tmp-"):
                     continue  # a write cut off by a crash: never a valid object
                 name = f if rel == "." else f"{rel}/{f}"
-                out.append(name)
+                if valid_name(name):  # else no object: someone else's file, left alone
+                    out.append(name)
         return sorted(out)
 
     def delete(self, name: str) -> None:
