@@ -294,22 +294,46 @@ def test_vanished_file_gives_partial_snapshot(repo: Repository, tmp_path: Path) 
     assert sorted(os.listdir(under(out, src))) == ["keep"]
 
 
-def test_socket_and_missing_path_are_reported(repo: Repository, tmp_path: Path) -> None:
+def test_missing_path_is_reported_and_named_socket_too(repo: Repository,
+                                                       tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_bytes(b"f")
     sock = socket.socket(socket.AF_UNIX)
     try:
-        sock.bind(str(src / "sock"))
-        res = run_backup(repo, [src, tmp_path / "missing"])
+        sock.bind(str(tmp_path / "sock"))
+        res = run_backup(repo, [src, tmp_path / "missing", tmp_path / "sock"])
     finally:
         sock.close()
     assert res.partial
     msgs = {e["path"]: e["error"] for e in res.errors}
-    assert "socket" in msgs[str(src / "sock")]
+    assert "socket" in msgs[str(tmp_path / "sock")]  # asked for by name: cannot be saved
     assert str(tmp_path / "missing") in msgs
     assert snapshot_paths(repo, res.snapshot_id) >= {str(src / "f")}
-    assert str(src / "sock") not in snapshot_paths(repo, res.snapshot_id)
+
+
+def test_sockets_below_the_paths_are_skipped_not_errors(repo: Repository,
+                                                        tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "session" / "sockets").mkdir(parents=True)
+    (src / "f").write_bytes(b"f")
+    socks = []
+    try:
+        for name in ("raylet", "plasma_store"):
+            s = socket.socket(socket.AF_UNIX)
+            s.bind(str(src / "session" / "sockets" / name))
+            socks.append(s)
+        res = run_backup(repo, [src])
+    finally:
+        for s in socks:
+            s.close()
+    assert not res.partial and res.errors == []
+    assert res.sockets_skipped == 2
+    paths = snapshot_paths(repo, res.snapshot_id)
+    assert str(src / "f") in paths and str(src / "session" / "sockets") in paths
+    assert not any(p.endswith(("raylet", "plasma_store")) for p in paths)
+    snap = repo.load_object("snapshots", res.snapshot_id)
+    assert snap["partial"] is False and snap["summary"]["sockets_skipped"] == 2
 
 
 def test_file_changing_size_while_read(repo: Repository, tmp_path: Path) -> None:

@@ -215,12 +215,19 @@ def test_each_error_is_printed_once(tmp_path: Path, setup) -> None:
     repo, src = setup
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(src / "agent.sock"))
+    named = socket.socket(socket.AF_UNIX)
+    named.bind(str(tmp_path / "named.sock"))
     try:
-        r = cli(tmp_path, "backup", "run", "--repo", str(repo), str(src), check=False)
+        r = cli(tmp_path, "backup", "run", "--repo", str(repo), str(src),
+                str(tmp_path / "named.sock"), check=False)
     finally:
         sock.close()
-    assert r.returncode == 3
-    assert r.stderr.count("agent.sock") == 1, r.stderr
+        named.close()
+    assert r.returncode == 3  # a socket asked for by name cannot be saved
+    assert r.stderr.count("named.sock") == 1, r.stderr
+    # a socket below the paths is no error: counted, said once
+    assert "agent.sock" not in r.stderr
+    assert r.stdout.count("1 socket(s) skipped: they hold no data") == 1, r.stdout
 
 
 def test_key_add_names_the_option_of_an_empty_file(tmp_path: Path, setup) -> None:

@@ -209,11 +209,16 @@ def test_cli_arguments_and_partial_snapshots(tmp_path: Path) -> None:
         r = cli(tmp_path, "config-snapshot", "create", "--path", bad, "--config", str(conf),
                 check=False)
         assert r.returncode == 2 and why in r.stderr
-    sock = bound_socket(etc / "agent.sock")
+    below = bound_socket(etc / "below.sock")  # no data: skipped, not an error
+    named = bound_socket(tmp_path / "agent.sock")  # asked for by name: cannot be saved
     try:
-        r = cli(tmp_path, "config-snapshot", "create", "--config", str(conf), check=False)
+        ok = cli(tmp_path, "config-snapshot", "create", "--config", str(conf))
+        r = cli(tmp_path, "config-snapshot", "create", "--config", str(conf), "--path",
+                str(etc), "--path", str(tmp_path / "agent.sock"), check=False)
     finally:
-        sock.close()
+        below.close()
+        named.close()
+    assert "below.sock" not in ok.stdout + ok.stderr and "PARTIAL" not in ok.stdout
     assert r.returncode == 3
     assert "agent.sock" in r.stderr and "PARTIAL" in r.stdout
 

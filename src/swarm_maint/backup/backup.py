@@ -10,6 +10,7 @@
    encrypt into the pack's buffer), so one big file keeps every core and the disk
    busy. Files the files cache knows unchanged are not read. Files that cannot be read
    are reported and left out: the snapshot is marked partial and the backup completes.
+   Sockets below the paths hold no data and are skipped (counted, not errors).
 3. Trees are stored bottom-up, ``repo.flush()`` makes packs and index durable, and only
    then is the snapshot object written (followed by the files cache, in one transaction).
 """
@@ -66,6 +67,7 @@ class BackupResult:
     errors: list[dict[str, str]] = field(default_factory=list)
     files_read: int = 0  # files actually opened and chunked (not from the cache)
     bytes_read: int = 0
+    sockets_skipped: int = 0  # below the paths: no data, not errors
 
 
 class _ReadError(Exception):
@@ -391,14 +393,15 @@ def run_backup(
         "partial": partial,
         "errors": list(b.errors),
         "summary": {"files": n_files, "dirs": n_dirs, "bytes": total_bytes,
-                    "added_bytes": b.added, "seconds": seconds},
+                    "added_bytes": b.added, "seconds": seconds,
+                    "sockets_skipped": len(scanned.sockets)},
         "program": f"swarm-maint {__version__}",
     }
     snapshot_id = repo.save_object("snapshots", snap)
     if files_cache is not None and cache_rows:
         files_cache.update(cache_rows, clock.time())
     return BackupResult(snapshot_id, n_files, n_dirs, total_bytes, b.added, seconds, partial,
-                        list(b.errors), b.files_read, b.bytes_read)
+                        list(b.errors), b.files_read, b.bytes_read, len(scanned.sockets))
 
 
 def _node(e: Entry) -> Node:

@@ -110,6 +110,7 @@ class Scan:
         self.one_fs = one_file_system
         self.progress: Progress = progress or NullProgress()
         self.errors: list[dict[str, str]] = []
+        self.sockets: list[str] = []  # skipped found below a path, not errors
         self.files: list[Entry] = []
         self.started_ns = time.time_ns()
         self.root = self.build_root(self.tops)
@@ -122,9 +123,15 @@ class Scan:
         self.errors.append({"path": path, "error": msg})
         self.progress.on_error(path, msg)
 
-    def _entry(self, name: str, path: str, st: os.stat_result) -> Entry | None:
+    def _entry(self, name: str, path: str, st: os.stat_result, *,
+               named: bool = False) -> Entry | None:
         kind = _kind(st.st_mode)
         if kind is None:
+            if stat.S_ISSOCK(st.st_mode) and not named:
+                # no data: the program listening on it makes it again when it starts
+                # (Ray keeps its sockets in its session directories)
+                self.sockets.append(path)
+                return None
             self.error(path, f"skipped: unsupported {_type_name(st.st_mode)}")
             return None
         e = Entry(name, path, st, kind)
@@ -208,7 +215,7 @@ class Scan:
             except OSError as exc:
                 self.error(top, f"cannot stat: {exc.strerror or exc}")
                 continue
-            entry = self._entry(comps[-1], top, st)
+            entry = self._entry(comps[-1], top, st, named=True)
             if entry is None:
                 continue
             assert parent.children is not None

@@ -295,7 +295,8 @@ def backup_run(paths: Sequence[Path], repo: str, *, tag: Sequence[str] = (),
         check.end()
     out = {"snapshot": res.snapshot_id, "files": res.files, "bytes": res.bytes,
            "added_bytes": res.added_bytes, "seconds": round(res.seconds, 3),
-           "partial": res.partial, "errors": res.errors}
+           "partial": res.partial, "errors": res.errors,
+           "sockets_skipped": res.sockets_skipped}
     if json_out:
         print_json(out)
     else:
@@ -305,6 +306,8 @@ def backup_run(paths: Sequence[Path], repo: str, *, tag: Sequence[str] = (),
         _say(f"snapshot {res.snapshot_id[:16]} saved{partial}: {res.files} files, "
              f"{res.bytes / 2**20:.1f} MiB, {res.added_bytes / 2**20:.1f} MiB added "
              f"in {res.seconds:.1f} s")
+        if res.sockets_skipped:
+            _say(f"{res.sockets_skipped} socket(s) skipped: they hold no data")
     return EXIT_PARTIAL if res.partial else 0
 
 
