@@ -251,3 +251,25 @@ def test_ls_prints_one_line_per_entry_whatever_the_names(tmp_path: Path) -> None
     names = [line.rsplit("/", 1)[1] for line in out.splitlines() if line.startswith("f ")]
     assert sorted(names) == sorted(["two\\nlines", "esc\\x1b[31mred", "bad\\xff\\xfe"])
     assert "\x1b" not in out
+
+
+def test_json_errors_are_json_on_stdout(tmp_path: Path, setup) -> None:
+    repo, src = setup
+    cases = [
+        # (exit code, arguments): the fast path, a Typer command, a usage error
+        (10, ("backup", "run", "--repo", str(tmp_path / "none"), str(src), "--json")),
+        (10, ("backup", "snapshots", "--repo", str(tmp_path / "none"), "--json")),
+        (2, ("backup", "verify", "--repo", str(repo), "--json", "--bogus")),
+        (2, ("backup", "restore", "latest", "--repo", str(repo), "--target",
+             str(tmp_path / "out"), "--include", "/nothing*", "--json")),
+    ]
+    cli(tmp_path, "backup", "run", "--repo", str(repo), str(src))
+    for code, args in cases:
+        r = cli(tmp_path, *args, check=False)
+        assert r.returncode == code, (args, r.stdout, r.stderr)
+        out = json.loads(r.stdout)
+        assert out["exit_code"] == code and out["error"], args
+        assert out["error"] in r.stderr or "--bogus" in r.stderr, args
+    # without --json stdout stays empty (the error is on stderr only)
+    r = cli(tmp_path, "backup", "snapshots", "--repo", str(tmp_path / "none"), check=False)
+    assert r.returncode == 10 and r.stdout == ""

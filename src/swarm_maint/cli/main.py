@@ -94,13 +94,27 @@ def main(argv: list[str] | None = None) -> int:
         return _typer_main(args)
     except SwarmMaintError as exc:
         _reraise_with_debug(call)
-        sys.stderr.write(f"swarm-maint: error: {exc}\n")
-        return exc.exit_code
+        return _failed(args, str(exc), exc.exit_code)
     except OSError as exc:  # what no narrower error explains: one line, not a traceback
         _reraise_with_debug(call)
         err = FileAccessError.from_os_error(exc)
-        sys.stderr.write(f"swarm-maint: error: {err}\n")
-        return err.exit_code
+        return _failed(args, str(err), err.exit_code)
+
+
+def _failed(args: list[str], message: str, code: int) -> int:
+    """Say why on stderr; with --json also on stdout as ``{"error", "exit_code"}``, so a
+    script that parses stdout gets JSON whatever happened."""
+    sys.stderr.write(f"swarm-maint: error: {message}\n")
+    _json_error(args, message, code)
+    return code
+
+
+def _json_error(args: list[str], message: str, code: int) -> None:
+    options = args[:args.index("--")] if "--" in args else args
+    if "--json" in options:
+        import json
+
+        sys.stdout.write(json.dumps({"error": message, "exit_code": code}) + "\n")
 
 
 def _reraise_with_debug(call: fast_path.Call | None) -> None:
@@ -130,6 +144,8 @@ def _typer_main(args: list[str]) -> int:
         show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
         if callable(show) and isinstance(code, int):
             show()
+            fmt = getattr(exc, "format_message", None)
+            _json_error(args, fmt() if callable(fmt) else str(exc), code)
             return code
         raise
     # in non-standalone mode a command's typer.Exit(n) comes back as the return value
