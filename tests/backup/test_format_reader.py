@@ -535,7 +535,8 @@ def test_snapshot_fields_are_the_documented_ones(scenario: Scenario) -> None:
     assert (snap["partial"], snap["errors"], snap["excludes"]) == (False, [], [])
     assert scenario.started <= snap["time"] <= scenario.finished
     assert snap["program"].startswith("swarm-maint ")
-    assert set(snap["summary"]) == {"files", "dirs", "bytes", "added_bytes", "seconds"}
+    assert set(snap["summary"]) == {"files", "dirs", "bytes", "added_bytes", "seconds",
+                                    "sockets_skipped"}
     assert bytes.fromhex(snap["tree"]) in reader.locations
 
 

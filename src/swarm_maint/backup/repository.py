@@ -29,7 +29,7 @@ from .errors import (
     RepositoryNotFoundError,
     WrongPasswordError,
 )
-from .index import Index, decode_index, encode_index, index_name
+from .index import ENTRY_SIZE, Index, decode_index_raw, encode_index, index_name
 from .packs import (
     PACK_TARGET,
     PackEntry,
@@ -178,21 +178,22 @@ class Repository:
         """Read every index file; returns the names of damaged ones (skipped)."""
         self.index = Index()
         superseded: set[str] = set()
-        decoded: dict[str, dict[bytes, list[PackEntry]]] = {}
+        decoded: dict[str, dict[bytes, bytes]] = {}
         damaged = []
         for name in self.storage.list("index/"):
             try:
-                sup, packs = decode_index(self.crypto, self.storage.read(name), name)
+                sup, packs = decode_index_raw(self.crypto, self.storage.read(name), name)
             except (DamagedObjectError, FileNotFoundError):
                 damaged.append(name)
                 continue
             superseded.update(index_name(s) for s in sup)
             decoded[name] = packs
-        for name, packs in decoded.items():
-            if name in superseded:
-                continue
-            for pack_id, entries in packs.items():
-                self.index.add_pack(pack_id, entries, name)
+        live = {n: p for n, p in decoded.items() if n not in superseded}
+        self.index.reserve(sum(len(raw) for p in live.values() for raw in p.values())
+                           // ENTRY_SIZE)
+        for name, packs in live.items():
+            for pack_id, raw in packs.items():
+                self.index.add_pack_raw(pack_id, raw, name)
         return damaged
 
     def recover_unindexed_packs(self) -> int:
