@@ -214,6 +214,46 @@ def test_verify_job_names_a_damaged_repository(tmp_path: Path, node: Any) -> Non
     assert rec.details["backup:data"]["ok"] is False
 
 
+@pytest.mark.parametrize("auto_repair", [True, False])
+def test_verify_job_repairs_a_lost_pack_and_the_next_backup_heals(tmp_path: Path,
+                                                                  auto_repair: bool) -> None:
+    import os
+
+    settings = node_settings(tmp_path)
+    # random data: several packs, one of which goes missing
+    (tmp_path / "data" / "models" / "model.safetensors").write_bytes(os.urandom(20 << 20))
+    settings["backup"]["verify_repair"] = auto_repair
+    cfg = config_from_dict(settings)
+    sched, store = scheduler(cfg)
+    try:
+        assert sched.run_now("backup:data").status == "succeeded"
+        repo_dir = tmp_path / "state" / "backups" / "data"
+        lost = max((p for p in (repo_dir / "packs").rglob("*") if p.is_file()),
+                   key=lambda p: p.stat().st_size)
+        lost_size = lost.stat().st_size
+        lost.unlink()
+        ver = sched.run_now("backup-verify")
+        again = sched.run_now("backup:data")
+        ver2 = sched.run_now("backup-verify")
+    finally:
+        store.close()
+    assert ver.status == "failed" and "is named by the index but missing" in ver.summary
+    index_names_lost = any(pack.hex() == lost.name
+                           for pack in open_job_repo(cfg, cfg.backup.jobs[0]).index.packs)
+    if auto_repair:
+        assert "repaired: the index now lists what the packs hold" in ver.summary
+        assert ver.details["backup:data"]["repair"]["blobs_lost"] > 0
+        assert not index_names_lost
+        # the next scheduled backup stores the lost chunks again: all is sound
+        assert again.status == "succeeded" and again.details["added_bytes"] > lost_size * 0.9
+        assert ver2.status == "succeeded", ver2.summary
+    else:
+        assert "run `swarm-maint backup repair`" in ver.summary
+        assert index_names_lost and "repair" not in ver.details["backup:data"]
+        assert again.details["added_bytes"] < 1 << 20  # it trusts the index
+        assert ver2.status == "failed"
+
+
 def test_config_snapshot_and_health_jobs(node: Any) -> None:
     _, cfg = node
     sched, store = scheduler(cfg)

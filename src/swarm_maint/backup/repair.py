@@ -99,8 +99,10 @@ class RepairResult:
 
 
 def repair(repo: Repository, *, read_data: bool = False, dry_run: bool = False,
+           suspects: frozenset[str] = frozenset(),
            progress: ProgressFn | None = None) -> RepairResult:
     """Make the index list exactly what the stored packs hold; see the module docstring.
+    ``suspects`` (pack names verify reported) are read whole even without ``read_data``.
     The caller holds an exclusive lock."""
     tick = progress or (lambda _phase, _done, _total: None)
     storage = repo.storage
@@ -128,7 +130,8 @@ def repair(repo: Repository, *, read_data: bool = False, dry_run: bool = False,
             result.foreign_files.append(name)  # not ours to judge: left alone
             continue
         try:
-            entries, good = _examine(repo, name, pid, old.get(pid, []), read_data)
+            entries, good = _examine(repo, name, pid, old.get(pid, []),
+                                     read_data or name in suspects)
         except OSError:
             # maybe a flaky disk: judged later, so kept as the old index has it (else a
             # prune would delete it as named by no index)

@@ -195,9 +195,15 @@ class VerifyReport:
         return not self.errors
 
     @property
+    def repairable(self) -> bool:
+        """Damage `backup repair` acts on: lost or damaged packs and index files."""
+        return bool(self.damaged_indexes or self.missing_packs or self.damaged_packs
+                    or self.damaged_blobs)
+
+    @property
     def next_step(self) -> str | None:
         """What to do about the damage found; None when there is none."""
-        if self.damaged_indexes or self.missing_packs or self.damaged_packs or self.damaged_blobs:
+        if self.repairable:
             data = " --read-data" if self.damaged_blobs or (self.read_data
                                                            and self.damaged_packs) else ""
             return (f"run `swarm-maint backup repair{data}` to rebuild the index from the "

@@ -100,6 +100,10 @@ class BackupConfig(_Section):
         "the default backs up ~/swarm-data daily to a local repository.")
     verify_read_data_subset: float = Field(5.0, ge=0, le=100, description="Percent of the "
                                            "packs the weekly backup-verify job reads back.")
+    verify_repair: bool = Field(True, description="When backup-verify finds lost or "
+                                "damaged packs or index files, it runs `backup repair` "
+                                "(the damaged packs read whole), so that the next backup "
+                                "stores the lost data again; the job still fails.")
 
     @field_validator("jobs")
     @classmethod

@@ -20,6 +20,7 @@ from .job import JobOutcome, JobRun
 if TYPE_CHECKING:  # the backup engine (crypto, compression) loads when a job first runs
     from ..backup.repository import Repository
     from ..backup.storage import Storage
+    from ..backup.verify import VerifyReport
 
 __all__ = ["backup_job", "job_tag", "open_job_repo", "repositories", "retention", "verify_all"]
 
@@ -141,13 +142,42 @@ def verify_all(cfg: Config, run: JobRun) -> JobOutcome:
         details[label] = {"ok": report.ok, "errors": len(report.errors)}
         if not report.ok:
             bad.append(label)
-            lines.append(f"{label}: {len(report.errors)} problem(s), first: "
-                         f"{report.lines()[0] if report.lines() else '?'}; "
-                         f"{report.next_step}")
+            line = (f"{label}: {len(report.errors)} problem(s), first: "
+                    f"{report.lines()[0] if report.lines() else '?'}")
+            if cfg.backup.verify_repair and report.repairable:
+                line += "; " + _auto_repair(repo, report, details[label])
+            else:
+                line += f"; {report.next_step}"
+            lines.append(line)
     if bad:
         return JobOutcome("failed", "damaged: " + "; ".join(lines), details)
     read = f", {subset:g}% of the data read" if subset > 0 else ""
     return JobOutcome("succeeded", f"{len(details)} repositories sound{read}", details)
+
+
+def _auto_repair(repo: Repository, report: VerifyReport, details: dict[str, Any]) -> str:
+    """``backup repair`` for the damage verify found, reading the damaged packs whole;
+    what it did, for the job's summary."""
+    from ..backup.locks import lock_repository
+    from ..backup.repair import repair
+    from ..errors import SwarmMaintError
+
+    suspects = frozenset(p.pack for p in report.damaged_packs + report.damaged_blobs
+                         if p.pack)
+    try:
+        lock = lock_repository(repo.storage, True)
+        try:
+            res = repair(repo, suspects=suspects)
+        finally:
+            lock.release()
+    except (SwarmMaintError, OSError) as exc:  # locked by another node, a failing disk…
+        return f"not repaired ({exc}); {report.next_step}"
+    details["repair"] = res.to_dict()
+    if not res.changed:
+        return f"repair changed nothing; {report.next_step}"
+    return (f"repaired: the index now lists what the packs hold ({res.blobs_lost} lost "
+            f"blob(s), {res.blobs_salvaged} salvaged); the next backup stores what still "
+            "exists again")
 
 
 def retention(cfg: Config, run: JobRun) -> JobOutcome:
