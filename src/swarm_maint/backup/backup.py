@@ -137,6 +137,7 @@ class _Backup:
         """Size the reads (and the reading buffers, which are mapped on first use) for
         ``readers`` large files read at once."""
         self.read_size = read_size_for(readers)
+        self.direct_reads = readers > 1  # one file alone: the kernel's readahead
         self.read_buffers = ThreadBuffers(buffer_size(self.small, self.read_size))
         self.spare_buffers = ThreadBuffers(buffer_size(self.small, self.read_size))
 
@@ -210,7 +211,8 @@ class _Backup:
         total = 0
         failure: _ReadError | None = None
         it = cut_fd(self._chunker(), f.fileno(), self.read_buffers.get(), self.small,
-                    self.read_size, spare=self.spare_buffers.get(), reader=self.read_pool)
+                    self.read_size, spare=self.spare_buffers.get(), reader=self.read_pool,
+                    direct=self.direct_reads)
         try:
             while True:
                 try:
