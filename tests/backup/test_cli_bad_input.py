@@ -56,15 +56,18 @@ def test_a_keep_policy_that_keeps_nothing_forgets_nothing(tmp_path: Path, setup)
 
 def test_forget_prune_with_a_damaged_snapshot_forgets_nothing(tmp_path: Path, setup) -> None:
     repo, src = setup
+    damaged = cli_json(tmp_path, "backup", "run", "--repo", str(repo), str(src))["snapshot"]
     cli(tmp_path, "backup", "run", "--repo", str(repo), str(src))
-    (repo / "snapshots" / "zz").write_text("junk")
+    (repo / "snapshots" / damaged).write_text("junk")
+    (repo / "snapshots" / "zz").write_text("no object has this name: not a snapshot")
     err = fails(tmp_path, 13, "backup", "forget", "--repo", str(repo), "--keep-last", "1",
                 "--prune")
     assert "nothing was forgotten or deleted" in err
-    assert snapshot_count(repo) == 3
+    assert snapshot_count(repo) == 4
     r = cli(tmp_path, "backup", "forget", "--repo", str(repo), "--keep-last", "1")
-    assert "snapshot zz cannot be read" in r.stderr  # without --prune: said, and left alone
-    assert snapshot_count(repo) == 2
+    # without --prune: said, and left alone
+    assert f"snapshot {damaged[:16]} cannot be read" in r.stderr
+    assert snapshot_count(repo) == 3 and (repo / "snapshots" / "zz").exists()
 
 
 def test_empty_locations_are_refused(tmp_path: Path, setup) -> None:
@@ -87,7 +90,7 @@ def test_storage_problems_are_one_line(tmp_path: Path, setup) -> None:
     shutil.copytree(repo, bad)
     (bad / "config").unlink()
     (bad / "config").mkdir()
-    assert f"{bad}/config: Is a directory" in fails(tmp_path, 9, "backup", "snapshots",
+    assert f"{bad}/config: not a regular file" in fails(tmp_path, 9, "backup", "snapshots",
                                                     "--repo", str(bad))
     afile = tmp_path / "afile"
     afile.write_text("x")
@@ -165,12 +168,14 @@ def test_missing_or_damaged_keys_are_not_a_wrong_password(tmp_path: Path, setup)
 
 
 def test_a_damaged_snapshot_does_not_hide_the_others(tmp_path: Path, setup) -> None:
-    repo, _ = setup
-    (repo / "snapshots" / "zz").write_text("junk")
+    repo, src = setup
+    bad = cli_json(tmp_path, "backup", "run", "--repo", str(repo), str(src))["snapshot"]
+    (repo / "snapshots" / bad).write_text("junk")
     r = subprocess.run([*CLI, "backup", "snapshots", "--repo", str(repo), "--json"],
                        capture_output=True, text=True, env=env_for(tmp_path), timeout=120)
     assert r.returncode == 13
-    assert len(json.loads(r.stdout)) == 1 and "snapshot zz cannot be read" in r.stderr
+    assert len(json.loads(r.stdout)) == 1
+    assert f"snapshot {bad[:16]} cannot be read" in r.stderr
     only_bad = tmp_path / "onlybad"
     shutil.copytree(repo, only_bad)
     for s in (only_bad / "snapshots").iterdir():

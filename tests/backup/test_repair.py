@@ -5,16 +5,18 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
+import threading
 from pathlib import Path
 
 import pytest
 
 from swarm_maint.backup.packs import pack_name
 from swarm_maint.backup.prune import prune
-from swarm_maint.backup.repair import repair
+from swarm_maint.backup.repair import RepairResult, repair
 from swarm_maint.backup.repository import Repository
 from swarm_maint.backup.storage.local import LocalStorage
-from swarm_maint.backup.verify import verify
+from swarm_maint.backup.verify import VerifyReport, verify
 from tests.backup.test_prune import CrashingStorage, assert_restorable, root_of, tree_state
 from tests.backup.test_verify import (
     PASSWORD,
@@ -207,6 +209,7 @@ def test_unreadable_pack_is_never_deleted(tmp_path: Path) -> None:
         res = repair(Repository.open(FailingDisk(root_of(repo)), PASSWORD),
                      read_data=read_data)
         assert res.unreadable_packs == [name]
+        assert res.packs_stored == 2 and res.packs_indexed == 1  # the other, intact one
         assert not res.changed and res.blobs_lost == 0
     # left in place and in the index: the disk may recover, and prune must not take it
     assert tree_state(root_of(repo)) == before
@@ -268,3 +271,70 @@ def test_all_blobs_of_every_snapshot_survive_a_full_read_repair(tmp_path: Path) 
     for sid in (a, b):
         for bid in all_snapshot_blobs(repo, sid):
             repo.load_blob(bid)
+
+
+def test_files_no_object_can_be_are_left_alone(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    sid = add_snapshot(repo, sample_files())
+    root = root_of(repo)
+    strays = [root / "index" / "abcd", root / "index" / "junk", root / "snapshots" / "abcd"]
+    for f in strays:
+        f.write_text("someone else's")
+    want = _ids(repo)
+    for read_data in (False, True):
+        res = repair(reopen(repo), read_data=read_data)
+        assert not res.changed, res.summary()
+    fresh = reopen(repo)
+    assert _ids(fresh) == want  # the index files were neither superseded nor deleted
+    report = verify(fresh)
+    assert report.ok
+    assert {p.name for p in report.foreign_files} == {"index/abcd", "index/junk"}
+    assert fresh.list_objects("snapshots") == [sid]
+    prune(fresh, grace_seconds=0)
+    assert all(f.read_text() == "someone else's" for f in strays)
+    assert_restorable(fresh, sid)
+
+
+def test_a_fifo_in_place_of_a_pack_does_not_block(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    sid = add_snapshot(repo, sample_files())
+    path = pack_path(repo, file_blobs(repo, sid, "/model.bin")[0])
+    path.unlink()
+    os.mkfifo(path)
+    done: list[object] = []
+    worker = threading.Thread(target=lambda: done.extend(
+        [verify(reopen(repo), read_data=True), repair(reopen(repo), read_data=True)]),
+        daemon=True)
+    worker.start()
+    worker.join(60)
+    assert len(done) == 2, "a read of the FIFO blocked"
+    report, res = done
+    assert isinstance(report, VerifyReport) and not report.ok
+    assert isinstance(res, RepairResult)
+    assert res.unreadable_packs == [pack_name(bytes.fromhex(path.name))]
+    assert stat.S_ISFIFO(path.lstat().st_mode)  # left in place
+
+
+def test_an_unsalvageable_damaged_pack_is_removed_and_copies_are_not_made_twice(
+        tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    sid = add_snapshot(repo, sample_files())
+    root = root_of(repo)
+    junk_id = bytes(range(32))
+    junk = root / pack_name(junk_id)
+    junk.parent.mkdir(exist_ok=True)
+    junk.write_bytes(os.urandom(5000))  # named like a pack, nothing in it readable
+    # an intact pack's bytes under another pack's name: its blobs are held intact already
+    src = pack_path(repo, file_blobs(repo, sid, "/model.bin")[0])
+    copy_id = bytes([0xAB]) * 32
+    copy = root / pack_name(copy_id)
+    copy.parent.mkdir(exist_ok=True)
+    copy.write_bytes(src.read_bytes())
+    res = repair(reopen(repo), read_data=True)
+    assert sorted(res.damaged_packs) == sorted([pack_name(junk_id), pack_name(copy_id)])
+    assert res.blobs_salvaged == 0 and res.packs_written == 0  # nothing copied twice
+    assert res.packs_deleted == 2 and not junk.exists() and not copy.exists()
+    assert not res.changed  # the index already named the intact packs only
+    again = repair(reopen(repo), read_data=True)
+    assert not again.changed and not again.damaged_packs and "nothing to do" in again.summary()
+    assert_restorable(repo, sid)

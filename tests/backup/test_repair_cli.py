@@ -136,6 +136,9 @@ def test_forget_removes_a_damaged_snapshot_object(tmp_path: Path, data: Path) ->
     refused = cli(tmp_path, "backup", "forget", "--keep-last", "1", "--prune", "--repo",
                   str(repo), check=False)
     assert refused.returncode == 13
+    latest = cli(tmp_path, "backup", "forget", "latest", "--repo", str(repo), check=False)
+    assert latest.returncode == 2 and "'latest' is not a snapshot id (hex digits)" in (
+        latest.stderr)
     dry = cli_json(tmp_path, "backup", "forget", first, "--dry-run", "--repo", str(repo))
     assert dry["removed"] == [first] and snap.exists()
     cli(tmp_path, "backup", "forget", first, "--prune", "--repo", str(repo))

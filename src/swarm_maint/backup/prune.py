@@ -197,9 +197,9 @@ def prune(repo: Repository, *, repack_threshold: float = 0.5,
     storage = repo.storage
     result = PruneResult(dry_run=dry_run)
 
-    index_files = storage.list("index/")
+    index_files = repo.object_names("index")
     damaged = repo.load_index()
-    if storage.list("index/") != index_files:
+    if repo.object_names("index") != index_files:
         # only what this prune read may be superseded; the CLI's lock prevents this
         raise RepositoryError("index files changed while prune read them (is a backup "
                               "running?); prune aborted, nothing was deleted")

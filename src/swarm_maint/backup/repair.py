@@ -84,7 +84,7 @@ class RepairResult:
                 shown = ", ".join(n.rsplit("/", 1)[-1][:16] for n in names[:5])
                 more = f" and {len(names) - 5} more" if len(names) > 5 else ""
                 lines.append(f"{label}: {len(names)}: {shown}{more}")
-        if not self.changed:
+        if not self.changed and not self.damaged_packs:
             lines.append("the index already matches the packs; nothing to do")
             return "\n".join(lines)
         if self.damaged_packs:
@@ -93,8 +93,12 @@ class RepairResult:
         if self.blobs_lost:
             lines.append(f"{self.blobs_lost} blob(s) the index named are in no pack any more")
         deleted = len(self.damaged_packs) if self.dry_run else self.packs_deleted
-        lines.append(f"{verb} replace {self.index_files_replaced} index file(s) with one"
-                     + (f" and delete {deleted} damaged pack(s)" if deleted else ""))
+        done = []
+        if self.changed:
+            done.append(f"replace {self.index_files_replaced} index file(s) with one")
+        if deleted:
+            done.append(f"delete {deleted} damaged pack(s)")
+        lines.append(f"{verb} {' and '.join(done)}")
         return "\n".join(lines)
 
 
@@ -108,9 +112,9 @@ def repair(repo: Repository, *, read_data: bool = False, dry_run: bool = False,
     storage = repo.storage
     result = RepairResult(dry_run=dry_run, read_data=read_data)
 
-    index_files = storage.list("index/")
+    index_files = repo.object_names("index")
     result.damaged_index_files = repo.load_index()
-    if storage.list("index/") != index_files:
+    if repo.object_names("index") != index_files:
         raise RepositoryError("index files changed while repair read them (is a backup "
                               "running?); repair aborted, nothing was changed")
     old = dict(repo.index.packs)
@@ -119,10 +123,10 @@ def repair(repo: Repository, *, read_data: bool = False, dry_run: bool = False,
     stored_names = set(stored)
     result.missing_packs = sorted(pack_name(p) for p in old if pack_name(p) not in stored_names)
 
+    # 1. which packs are intact (indexed as their headers say), damaged or unreadable
     new: dict[bytes, list[PackEntry]] = {}
-    out = PackOutput(repo, dry_run)
-    salvaged: set[bytes] = set()
-    to_delete: list[str] = []
+    kept_unread: set[bytes] = set()  # unreadable packs kept as indexed: not safe copies
+    damaged: list[tuple[str, bytes]] = []
     for i, name in enumerate(stored):
         tick("packs", i, len(stored))
         pid = pack_id_of(name)
@@ -138,36 +142,62 @@ def repair(repo: Repository, *, read_data: bool = False, dry_run: bool = False,
             result.unreadable_packs.append(name)
             if pid in old:
                 new[pid] = old[pid]
+                kept_unread.add(pid)
             continue
         if good is None:
             new[pid] = entries
+            result.packs_indexed += 1
             if pid not in old:
                 result.adopted_packs.append(name)
-            continue
-        result.damaged_packs.append(name)
-        to_delete.append(name)
-        for e, sealed in good:
-            if e.id not in salvaged:
-                salvaged.add(e.id)
-                out.add(e, sealed)
-    out.finish()
+        else:
+            damaged.append((name, pid))
+    result.damaged_packs = [name for name, _ in damaged]
     result.packs_stored -= len(result.foreign_files)
-    result.packs_indexed = len(new)
-    result.blobs_salvaged = len(salvaged)
+
+    # 2. from the damaged packs, the intact blobs no other pack holds (read again: a
+    # damaged pack is rare, holding all of them in memory is not)
+    held = {e.id for p, entries in new.items() if p not in kept_unread for e in entries}
+    out = PackOutput(repo, dry_run)
+    deletable: list[str] = []
+    for i, (name, pid) in enumerate(damaged):
+        tick("salvage", i, len(damaged))
+        try:
+            entries, good = _examine(repo, name, pid, old.get(pid, []), True)
+        except OSError:
+            result.unreadable_packs.append(name)  # gone unreadable since: kept
+            result.damaged_packs.remove(name)
+            if pid in old:
+                new[pid] = old[pid]
+                kept_unread.add(pid)
+            continue
+        if good is None:  # intact when read whole: reading its header alone failed
+            new[pid] = entries
+            result.damaged_packs.remove(name)
+            result.packs_indexed += 1
+            continue
+        deletable.append(name)
+        for e, sealed in good:
+            if e.id not in held:
+                held.add(e.id)
+                out.add(e, sealed)
+                result.blobs_salvaged += 1
+    out.finish()
     result.packs_written = len(out.packs)
     result.bytes_written = out.bytes_written
     new.update(out.packs)
 
-    held = {e.id for entries in new.values() for e in entries}
+    held.update(e.id for p in kept_unread for e in new[p])
     result.blobs_lost = len({e.id for entries in old.values() for e in entries} - held)
     result.changed = bool(new != old or result.damaged_index_files)
-    if not result.changed:
-        return result
-    result.index_files_replaced = len(index_files)
+    if result.changed:
+        result.index_files_replaced = len(index_files)
     if dry_run:
         return result
-    repo.replace_index(new, index_files, tick)
-    for name in to_delete:
+    if result.changed:
+        repo.replace_index(new, index_files, tick)
+    # 3. the damaged packs last: what could be read of them is in the new packs, and the
+    # index (old or new) names none of them any more
+    for name in deletable:
         storage.delete(name)
         result.packs_deleted += 1
     repo.load_index()

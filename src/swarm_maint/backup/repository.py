@@ -9,6 +9,7 @@ so the next backup reuses every blob that reached the disk.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import threading
 import time
@@ -44,6 +45,8 @@ from .packs import read_header as read_pack_header
 from .storage import Storage
 
 __all__ = ["PACK_TARGET", "ChunkerParams", "Repository"]
+
+_OBJECT_NAME = re.compile(r"[a-z]+/[0-9a-f]{64}")
 
 _DIRECT_READ_MIN = 256 << 10  # blobs at least this large are read around the page cache
 INDEX_EVERY = 16  # packs; bounds what a crash can leave unindexed
@@ -180,7 +183,7 @@ class Repository:
         superseded: set[str] = set()
         decoded: dict[str, dict[bytes, bytes]] = {}
         damaged = []
-        for name in self.storage.list("index/"):
+        for name in self.object_names("index"):
             try:
                 sup, packs = decode_index_raw(self.crypto, self.storage.read(name), name)
             except (DamagedObjectError, FileNotFoundError):
@@ -221,6 +224,7 @@ class Repository:
         """One new index file listing ``packs`` that supersedes ``old_files``, which are
         then deleted (prune and repair; the packs must be durable already). A crash
         between the two leaves superseded files that readers ignore."""
+        old_files = [n for n in old_files if _OBJECT_NAME.fullmatch(n)]  # never others'
         sup = [bytes.fromhex(n.rsplit("/", 1)[1]) for n in old_files]
         new_index = self._write_index(packs, supersedes=sup)
         for i, name in enumerate(old_files):
@@ -432,4 +436,10 @@ class Repository:
         return obj
 
     def list_objects(self, kind: str) -> list[str]:
-        return [n.split("/", 1)[1] for n in self.storage.list(f"{kind}/")]
+        """Ids of the ``kind`` objects (``snapshots``); a file there whose name no object
+        can have (64 hex digits) is someone else's, and left out."""
+        return [n.split("/", 1)[1] for n in self.object_names(kind)]
+
+    def object_names(self, kind: str) -> list[str]:
+        """Names of the ``kind`` objects (``index``, ``snapshots``): ``kind/<64 hex>``."""
+        return [n for n in self.storage.list(f"{kind}/") if _OBJECT_NAME.fullmatch(n)]

@@ -49,16 +49,17 @@ def find_snapshot(repo: Repository, ref: str) -> tuple[str, dict[str, Any]]:
                     f"{', '.join(d[:16] for d in damaged)})", f"snapshots/{damaged[0]}")
             raise RepositoryError("the repository has no snapshots")
         return snaps[-1]
-    sid = resolve_snapshot_id(repo, ref)
+    sid = resolve_snapshot_id(repo, ref, accepted="a snapshot id (hex) or 'latest'")
     return sid, repo.load_object("snapshots", sid)
 
 
-def resolve_snapshot_id(repo: Repository, ref: str) -> str:
+def resolve_snapshot_id(repo: Repository, ref: str, *,
+                        accepted: str = "a snapshot id (hex digits)") -> str:
     """The full id of the snapshot a full id or unique id prefix names, without reading
     it (so a damaged snapshot can be named too)."""
     ref = ref.strip().lower()
     if not ref or not _HEX.fullmatch(ref):
-        raise SnapshotSelectorError(f"{ref!r} is not a snapshot id (hex) or 'latest'")
+        raise SnapshotSelectorError(f"{ref!r} is not {accepted}")
     matches = [s for s in repo.list_objects("snapshots") if s.startswith(ref)]
     if not matches:
         raise SnapshotSelectorError(f"no snapshot {ref!r}")

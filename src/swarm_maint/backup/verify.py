@@ -158,7 +158,7 @@ _ERROR_CATEGORIES = (
     "missing_blobs",
     "damaged_blobs",
 )
-_WARNING_CATEGORIES = ("unreferenced_packs",)
+_WARNING_CATEGORIES = ("unreferenced_packs", "foreign_files")
 
 
 @dataclass
@@ -167,6 +167,7 @@ class VerifyReport:
     missing_packs: list[Problem] = field(default_factory=list)
     damaged_packs: list[Problem] = field(default_factory=list)  # size, header, hash
     unreferenced_packs: list[Problem] = field(default_factory=list)  # warnings
+    foreign_files: list[Problem] = field(default_factory=list)  # warnings: not objects
     damaged_snapshots: list[Problem] = field(default_factory=list)
     damaged_trees: list[Problem] = field(default_factory=list)
     missing_blobs: list[Problem] = field(default_factory=list)
@@ -208,6 +209,9 @@ class VerifyReport:
                                                            and self.damaged_packs) else ""
             return (f"run `swarm-maint backup repair{data}` to rebuild the index from the "
                     "packs, then back up again")
+        if self.errors and not (self.missing_blobs or self.damaged_trees):
+            return ("`swarm-maint backup forget ID` the snapshots that cannot be read "
+                    "(nothing else can bring them back)")
         if self.errors:
             return ("back up the same paths again (data that still exists is stored again "
                     "and makes these snapshots whole), or `swarm-maint backup forget ID` "
@@ -277,7 +281,10 @@ def verify(repo: Repository, *, read_data: bool = False,
     tick = progress or (lambda _phase, _done, _total: None)
 
     # index files
-    index_names = storage.list("index/")
+    index_names = repo.object_names("index")
+    for name in sorted(set(storage.list("index/")) - set(index_names)):
+        report.foreign_files.append(Problem(
+            "foreign_files", name, f"{name} is not an index file (left alone)"))
     report.index_files = len(index_names)
     for i, name in enumerate(index_names):
         tick("index", i, len(index_names))
@@ -308,8 +315,8 @@ def verify(repo: Repository, *, read_data: bool = False,
             report.damaged_packs.append(problem)
     for name in sorted(set(stored) - set(indexed)):
         if pack_id_of(name) is None:
-            report.unreferenced_packs.append(Problem(
-                "unreferenced_packs", name, f"{name} is not a pack file (left alone)"))
+            report.foreign_files.append(Problem(
+                "foreign_files", name, f"{name} is not a pack file (left alone)"))
             continue
         try:
             size = storage.size(name)

@@ -9,6 +9,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from ..direct_io import ALIGN, AlignedBuffer, align_up, pwrite_all, read_direct_into, set_direct
@@ -58,12 +59,24 @@ class LocalStorage:
         finally:
             os.close(dfd)
 
+    def _open(self, name: str) -> int:
+        """A descriptor on the object, which must be a regular file: a FIFO or device
+        put in its place would block a read forever or never end."""
+        path = self._path(name)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return fd
+
     def read(self, name: str) -> bytes:
-        return self._path(name).read_bytes()
+        fd = self._open(name)
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
         path = self._path(name)
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = self._open(name)
         try:
             return os.pread(fd, length, offset)
         except OSError as exc:  # pread's error names no file: name it
@@ -80,7 +93,7 @@ class LocalStorage:
         span = align_up(offset + length) - lo
         buf.n = 0
         buf.reserve(span)
-        fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
+        fd = self._open(name)
         try:
             with buf.view[:span] as dest:
                 if set_direct(fd, True):
@@ -96,7 +109,11 @@ class LocalStorage:
         return buf.view[offset - lo:max(end, offset - lo)]
 
     def size(self, name: str) -> int:
-        return self._path(name).stat().st_size
+        path = self._path(name)
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return st.st_size
 
     def exists(self, name: str) -> bool:
         return self._path(name).exists()
