@@ -260,6 +260,52 @@ def test_dedup_across_files(repo: Repository, tmp_path: Path) -> None:
     assert second.added_bytes < 10_000  # only new trees (src and its parents)
 
 
+class CountBytes(NullProgress):
+    def __init__(self) -> None:
+        self.total = 0
+
+    def on_bytes(self, n: int) -> None:
+        self.total += n
+
+
+@pytest.mark.parametrize("alone", [True, False])
+def test_fine_tuned_copy_stores_only_what_changed(repo: Repository, tmp_path: Path,
+                                                  alone: bool) -> None:
+    """A large file read alone has its chunks hashed in the read buffer and only new
+    ones copied out; read beside another, every chunk goes to the blob threads. Both
+    must deduplicate alike, count every byte, and restore exactly."""
+    src = tmp_path / "src"
+    src.mkdir()
+
+    def write(name: str, data: bytes) -> None:
+        (src / name).write_bytes(data)
+        os.utime(src / name, ns=(PAST, PAST))  # old enough for the files cache
+
+    base = os.urandom(2 << 20)
+    write("ckpt", base)
+    cache = FilesCache(tmp_path / "files.db")
+    counted = CountBytes()
+    try:
+        first = run_backup(repo, [src], workers=2, files_cache=cache)
+        tuned = bytearray(base)
+        tuned[700_000:760_000] = os.urandom(60_000)  # some tensors changed
+        write("tuned", bytes(tuned))
+        if not alone:
+            write("other", os.urandom(1 << 20))
+        res = run_backup(repo, [src], workers=2, files_cache=cache, progress=counted)
+    finally:
+        cache.close()
+    assert first.added_bytes > 2 << 20
+    assert res.files_read == (1 if alone else 2)  # the cache vouches for ckpt
+    assert counted.total == res.bytes
+    new_data = 0 if alone else 1 << 20
+    assert new_data < res.added_bytes < new_data + 150_000  # the changed chunks, trees
+    out = tmp_path / "out"
+    assert restore(reopen(repo), res.snapshot_id, out).errors == []
+    for name in ("ckpt", "tuned", *(() if alone else ("other",))):
+        assert under(out, src / name).read_bytes() == (src / name).read_bytes()
+
+
 # -- errors during backup ----------------------------------------------------------------
 
 class VanishOnStart(NullProgress):
