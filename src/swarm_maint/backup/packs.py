@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import blake3
@@ -36,6 +37,7 @@ __all__ = [
     "PackEntry",
     "PackWriter",
     "blob_aad",
+    "check_blobs",
     "compress_if_worth_it",
     "decode_blob",
     "pack_buffer_size",
@@ -252,22 +254,41 @@ def parse_header(crypto: Crypto, sealed: bytes, pack_size: int, what: str) -> li
     return entries
 
 
+def _header_start(size: int, tail: bytes, name: str) -> int:
+    """Where the sealed header of a ``size``-byte pack starts, from its last 4 bytes."""
+    hlen: int = struct.unpack("<I", tail)[0]
+    if hlen > size - 4 or hlen > 64 << 20:
+        raise DamagedObjectError(f"{name}: header length {hlen} out of bounds", name)
+    return size - 4 - hlen
+
+
 def read_header(crypto: Crypto, storage: Storage, name: str, size: int) -> list[PackEntry]:
     """Read and parse the header of a stored pack: two small range reads."""
     if size < 4 + 28:
         raise DamagedObjectError(f"{name}: too short to be a pack", name)
-    (hlen,) = struct.unpack("<I", storage.read_range(name, size - 4, 4))
-    if hlen > size - 4 or hlen > 64 << 20:
-        raise DamagedObjectError(f"{name}: header length {hlen} out of bounds", name)
-    sealed = storage.read_range(name, size - 4 - hlen, hlen)
+    start = _header_start(size, storage.read_range(name, size - 4, 4), name)
+    sealed = storage.read_range(name, start, size - 4 - start)
     return parse_header(crypto, sealed, size, name)
 
 
 def whole_pack_header(crypto: Crypto, data: bytes, name: str) -> list[PackEntry]:
     """Parse the header of a pack read whole into memory."""
-    if len(data) < 4 + 28:
+    size = len(data)
+    if size < 4 + 28:
         raise DamagedObjectError(f"{name}: too short to be a pack", name)
-    (hlen,) = struct.unpack_from("<I", data, len(data) - 4)
-    if hlen > len(data) - 4:
-        raise DamagedObjectError(f"{name}: header length {hlen} out of bounds", name)
-    return parse_header(crypto, data[len(data) - 4 - hlen:len(data) - 4], len(data), name)
+    start = _header_start(size, data[size - 4:], name)
+    return parse_header(crypto, data[start:size - 4], size, name)
+
+
+def check_blobs(crypto: Crypto, data: bytes, entries: Iterable[PackEntry], name: str
+                ) -> Iterator[tuple[PackEntry, bytes, DamagedObjectError | None]]:
+    """Each entry's sealed bytes in ``data`` (a pack read whole), decoded to check them:
+    with None, or with why they do not decode to content matching the entry's id."""
+    for e in entries:
+        sealed = data[e.offset:e.offset + e.length]
+        try:
+            decode_blob(crypto, e, sealed, f"{name} blob {e.id.hex()}")
+        except DamagedObjectError as exc:
+            yield e, sealed, exc
+        else:
+            yield e, sealed, None

@@ -33,7 +33,7 @@ import blake3
 from .errors import DamagedObjectError, RepositoryError
 from .packs import (
     PackEntry,
-    decode_blob,
+    check_blobs,
     pack_id_of,
     pack_name,
     read_header,
@@ -219,14 +219,8 @@ def _examine(repo: Repository, name: str, pid: bytes, indexed: list[PackEntry],
     except DamagedObjectError:
         header = None
     candidates = header if header is not None else indexed
-    good: list[tuple[PackEntry, bytes]] = []
-    for e in candidates:
-        sealed = data[e.offset:e.offset + e.length]
-        try:
-            decode_blob(repo.crypto, e, sealed, f"{name} blob {e.id.hex()}")
-        except DamagedObjectError:
-            continue
-        good.append((e, sealed))
+    good = [(e, sealed) for e, sealed, exc in check_blobs(repo.crypto, data, candidates, name)
+            if exc is None]
     if (header is not None and len(good) == len(header)
             and blake3.blake3(data).digest() == pid):
         return header, None

@@ -44,7 +44,7 @@ from .packs import (
 from .packs import read_header as read_pack_header
 from .storage import Storage
 
-__all__ = ["PACK_TARGET", "ChunkerParams", "Repository"]
+__all__ = ["PACK_TARGET", "ChunkerParams", "Repository", "is_object_name"]
 
 _OBJECT_NAME = re.compile(r"[a-z]+/[0-9a-f]{64}")
 
@@ -224,7 +224,7 @@ class Repository:
         """One new index file listing ``packs`` that supersedes ``old_files``, which are
         then deleted (prune and repair; the packs must be durable already). A crash
         between the two leaves superseded files that readers ignore."""
-        old_files = [n for n in old_files if _OBJECT_NAME.fullmatch(n)]  # never others'
+        old_files = [n for n in old_files if is_object_name(n)]  # never others'
         sup = [bytes.fromhex(n.rsplit("/", 1)[1]) for n in old_files]
         new_index = self._write_index(packs, supersedes=sup)
         for i, name in enumerate(old_files):
@@ -442,4 +442,9 @@ class Repository:
 
     def object_names(self, kind: str) -> list[str]:
         """Names of the ``kind`` objects (``index``, ``snapshots``): ``kind/<64 hex>``."""
-        return [n for n in self.storage.list(f"{kind}/") if _OBJECT_NAME.fullmatch(n)]
+        return [n for n in self.storage.list(f"{kind}/") if is_object_name(n)]
+
+
+def is_object_name(name: str) -> bool:
+    """``kind/<64 hex>``: a name an index file or snapshot can have, not someone else's."""
+    return _OBJECT_NAME.fullmatch(name) is not None

@@ -34,13 +34,13 @@ from .index import decode_index
 from .packs import (
     _ENTRY,
     PackEntry,
-    decode_blob,
+    check_blobs,
     pack_id_of,
     pack_name,
     read_header,
     whole_pack_header,
 )
-from .repository import Repository
+from .repository import Repository, is_object_name
 
 __all__ = [
     "Problem",
@@ -281,8 +281,9 @@ def verify(repo: Repository, *, read_data: bool = False,
     tick = progress or (lambda _phase, _done, _total: None)
 
     # index files
-    index_names = repo.object_names("index")
-    for name in sorted(set(storage.list("index/")) - set(index_names)):
+    listed = storage.list("index/")
+    index_names = [n for n in listed if is_object_name(n)]
+    for name in sorted(set(listed) - set(index_names)):
         report.foreign_files.append(Problem(
             "foreign_files", name, f"{name} is not an index file (left alone)"))
     report.index_files = len(index_names)
@@ -446,14 +447,11 @@ def _read_pack(repo: Repository, pid: bytes, name: str, entries: list[PackEntry]
         header_problem = f"pack {name}: header unreadable: {exc}"
     if header_problem is not None:
         report.damaged_packs.append(Problem("damaged_packs", name, header_problem, pack=name))
-    for e in entries:
+    for e, _sealed, damage in check_blobs(repo.crypto, data, entries, name):
         report.blobs_read += 1
-        sealed = data[e.offset:e.offset + e.length]
-        try:
-            decode_blob(repo.crypto, e, sealed, f"{name} blob {e.id.hex()}")
-        except DamagedObjectError as exc:
+        if damage is not None:
             report.damaged_blobs.append(Problem(
-                "damaged_blobs", e.id.hex(), f"damaged blob {e.id.hex()} in pack {name}: {exc}",
+                "damaged_blobs", e.id.hex(), f"damaged blob {e.id.hex()} in pack {name}: {damage}",
                 pack=name, blob=e.id.hex(), blobs={e.id}))
 
 
