@@ -24,14 +24,17 @@ from swarm_maint.backup.backup import run_backup
 from swarm_maint.backup.chunking import (
     READ_SIZE,
     SOLO_READ_SIZE,
+    SOLO_RING,
     buffer_size,
     cut_fd,
     read_size_for,
+    ring_depth,
 )
 from swarm_maint.backup.direct_io import (
     ALIGN,
     AlignedBuffer,
     address_of,
+    align_up,
     pwrite_all,
     read_direct_into,
     set_direct,
@@ -107,9 +110,15 @@ def test_read_direct_into_reads_whole_files_with_unaligned_ends(tmp_path: Path,
     fd = os.open(tmp_path / "f", os.O_RDONLY)
     try:
         set_direct(fd, True)
-        n = read_direct_into(fd, buf.view[:buf.capacity])
+        n = read_direct_into(fd, buf.view[:buf.capacity], 0)
         assert n == size
-        assert read_direct_into(fd, buf.view[n & ~(ALIGN - 1):][:ALIGN]) == 0  # at the end
+        assert read_direct_into(fd, buf.view[:ALIGN], align_up(size)) == 0  # at the end
+        if size > ALIGN:  # from an offset, whatever the descriptor's position
+            os.lseek(fd, 0, os.SEEK_SET)
+            set_direct(fd, True)
+            assert read_direct_into(fd, buf.view[:buf.capacity], ALIGN) == size - ALIGN
+            assert bytes(buf.view[:size - ALIGN]) == data[ALIGN:]
+            n = read_direct_into(fd, buf.view[:buf.capacity], 0)
     finally:
         os.close(fd)
     assert bytes(buf.view[:n]) == data
@@ -136,34 +145,32 @@ def _reference_cuts(chunker: FastCDC, path: Path) -> list[bytes]:
 
 
 def _direct_cuts(chunker: FastCDC, path: Path, max_size: int, read_size: int,
-                 ahead: bool = False) -> list[bytes]:
-    buf = AlignedBuffer(buffer_size(max_size, read_size))
-    spare = AlignedBuffer(buffer_size(max_size, read_size)) if ahead else None
+                 ring: int = 1) -> list[bytes]:
+    bufs = [AlignedBuffer(buffer_size(max_size, read_size)) for _ in range(ring)]
     fd = os.open(path, os.O_RDONLY)
-    pool = ThreadPoolExecutor(1)
+    pool = ThreadPoolExecutor(ring)
     try:
-        return [bytes(v) for v in cut_fd(chunker, fd, buf, max_size, read_size,
-                                         spare=spare, reader=pool)]
+        return [bytes(v) for v in cut_fd(chunker, fd, bufs, max_size, read_size,
+                                         reader=pool)]
     finally:
         pool.shutdown()
         os.close(fd)
-        buf.close()
-        if spare is not None:
-            spare.close()
+        for buf in bufs:
+            buf.close()
 
 
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(size=st.integers(0, 400_000), seed=st.integers(0, 2**32),
        content=st.sampled_from(["random", "repeat", "zeros"]),
-       read_pages=st.sampled_from([1, 4, 16, 64]), ahead=st.booleans())
+       read_pages=st.sampled_from([1, 4, 16, 64]), ring=st.sampled_from([1, 2, 3, 4]))
 def test_direct_chunker_cuts_exactly_like_pyfastcdc(tmp_path: Path, size: int, seed: int,
                                                     content: str, read_pages: int,
-                                                    ahead: bool) -> None:
+                                                    ring: int) -> None:
     """Identical cut points (so repositories written before stay deduplicated), for
     reads smaller and larger than the largest chunk, on random and repetitive data and
-    on zeros (where every chunk is cut at the largest size), with one buffer or two
-    buffers and the next read running in another thread."""
+    on zeros (where every chunk is cut at the largest size), with one buffer, or a ring
+    of buffers with the next reads running in other threads at once."""
     rng = random.Random(seed)
     if content == "repeat":
         data = (rng.randbytes(20_000) * (size // 20_000 + 1))[:size]
@@ -175,7 +182,7 @@ def test_direct_chunker_cuts_exactly_like_pyfastcdc(tmp_path: Path, size: int, s
     path.write_bytes(data)
     chunker = FastCDC(8192, min_size=2048, max_size=32768, seed=seed | 1)
     ref = _reference_cuts(chunker, path)
-    got = _direct_cuts(chunker, path, 32768, read_pages * ALIGN, ahead)
+    got = _direct_cuts(chunker, path, 32768, read_pages * ALIGN, ring)
     assert got == ref
     assert b"".join(got) == data
 
@@ -188,9 +195,9 @@ def test_direct_chunker_with_repository_defaults(tmp_path: Path) -> None:
     chunker = FastCDC(p.avg_size, min_size=p.min_size, max_size=p.max_size, seed=99)
     ref = _reference_cuts(chunker, path)
     assert _direct_cuts(chunker, path, p.max_size, 8 << 20) == ref
-    for readers in (1, 2):  # the read sizes backups use
+    for readers in (1, 2):  # the read sizes and rings backups use
         assert _direct_cuts(chunker, path, p.max_size, read_size_for(readers),
-                            ahead=True) == ref
+                            ring_depth(readers)) == ref
 
 
 def _file_content(repo: Repository, snapshot_id: str, path: Path) -> list[str]:
@@ -205,11 +212,11 @@ def test_a_large_file_read_alone_gets_larger_reads_and_the_same_chunks(
     memory). The file's chunks, so its deduplication, are the same either way."""
     import swarm_maint.backup.backup as backup_mod
 
-    sizes: list[int] = []
+    sizes: list[tuple[int, int]] = []  # (read size, buffers in the ring)
     real_cut = backup_mod.cut_fd
 
     def spy(*args: Any, **kwargs: Any) -> Any:
-        sizes.append(args[4])
+        sizes.append((args[4], len(args[2])))
         return real_cut(*args, **kwargs)
 
     monkeypatch.setattr(backup_mod, "cut_fd", spy)
@@ -224,10 +231,11 @@ def test_a_large_file_read_alone_gets_larger_reads_and_the_same_chunks(
     (two / "small.json").write_text("{}")  # small files are not streamed
     repo = Repository.init(LocalStorage(tmp_path / "r"), "pw")
     alone = run_backup(repo, [one])
-    assert sizes == [SOLO_READ_SIZE] and SOLO_READ_SIZE > READ_SIZE
+    assert sizes == [(SOLO_READ_SIZE, SOLO_RING)] and SOLO_READ_SIZE > READ_SIZE
+    assert SOLO_RING > 2
     sizes.clear()
     together = run_backup(repo, [two])
-    assert sizes == [READ_SIZE, READ_SIZE]
+    assert sizes == [(READ_SIZE, 2), (READ_SIZE, 2)]
     assert together.added_bytes < (11 << 20)  # model.bin was found stored: only other.bin
     a = _file_content(repo, alone.snapshot_id, one / "model.bin")
     b = _file_content(repo, together.snapshot_id, two / "model.bin")
@@ -262,38 +270,101 @@ def test_read_ahead_error_reaches_the_reader_and_no_read_outlives_the_chunker(
     pool = _RecordingPool()
     calls = 0
 
-    def failing(fd: int, dest: memoryview) -> int:
+    def failing(fd: int, dest: memoryview, offset: int) -> int:
         nonlocal calls
         calls += 1
         if calls == 3:
             raise OSError(5, "Input/output error")
-        return read_direct_into(fd, dest)
+        return read_direct_into(fd, dest, offset)
 
-    def slow(fd: int, dest: memoryview) -> int:
+    def slow(fd: int, dest: memoryview, offset: int) -> int:
         time.sleep(0.05)
-        return read_direct_into(fd, dest)
+        return read_direct_into(fd, dest, offset)
 
     fd = os.open(path, os.O_RDONLY)
     try:
         monkeypatch.setattr(chunking, "read_direct_into", failing)
         with pytest.raises(OSError, match="Input/output error"):
-            for _ in cut_fd(chunker, fd, buf, max_size, read_size, spare=spare,
-                            reader=pool):
+            for _ in cut_fd(chunker, fd, [buf, spare], max_size, read_size, reader=pool):
                 pass
-        assert calls == 3
-        os.lseek(fd, 0, os.SEEK_SET)
+        # the failed read, and the one queued behind it before its result was asked for
+        assert calls == 4
         pool.started.clear()
         monkeypatch.setattr(chunking, "read_direct_into", slow)
-        gen = cut_fd(chunker, fd, buf, max_size, read_size, spare=spare, reader=pool)
+        gen = cut_fd(chunker, fd, [buf, spare], max_size, read_size, reader=pool)
         next(gen)
         gen.close()
-        assert len(pool.started) == 2  # the first read, and the one ahead of the first chunk
+        assert len(pool.started) == 2  # the ring's first two reads
         assert all(f.done() for f in pool.started)
     finally:
         pool.shutdown()
         os.close(fd)
     buf.close()  # no view of either buffer is left: unmapping succeeds
     spare.close()
+
+
+def test_a_ring_keeps_several_reads_in_flight_and_cuts_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a ring of four buffers, three reads wait on the disk at once while the
+    fourth buffer is chunked (what keeps the disk busy while the reading threads queue
+    for the GIL), each at its own offset, and the chunks are still pyfastcdc's."""
+    import swarm_maint.backup.chunking as chunking
+
+    data = random.Random(4).randbytes(3 << 20)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    max_size, read_size = 32768, 16 * ALIGN
+    chunker = FastCDC(8192, min_size=2048, max_size=max_size, seed=11)
+    lock = threading.Lock()
+    busy = peak = 0
+    offsets: list[int] = []
+
+    def slow(fd: int, dest: memoryview, offset: int) -> int:
+        nonlocal busy, peak
+        with lock:
+            busy += 1
+            peak = max(peak, busy)
+            offsets.append(offset)
+        time.sleep(0.03)
+        try:
+            return read_direct_into(fd, dest, offset)
+        finally:
+            with lock:
+                busy -= 1
+
+    monkeypatch.setattr(chunking, "read_direct_into", slow)
+    got = _direct_cuts(chunker, path, max_size, read_size, ring=4)
+    assert got == _reference_cuts(chunker, path)
+    assert peak == 4  # the ring's first reads; three at a time after that
+    # every offset read once, in order of submission; the last ones past the end
+    assert offsets == [i * read_size for i in range(len(offsets))]
+    assert len(offsets) >= len(data) // read_size + 1
+
+
+def test_the_first_short_read_ends_the_file_in_a_ring(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file cut short while it is read (truncated, or a read that returns less): the
+    chunks end with what that read returned, even though reads queued behind it found
+    data at later offsets; nothing after the gap is taken for the file's content."""
+    import swarm_maint.backup.chunking as chunking
+
+    data = random.Random(6).randbytes(1 << 20)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    max_size, read_size = 32768, 16 * ALIGN
+    chunker = FastCDC(8192, min_size=2048, max_size=max_size, seed=13)
+
+    def short_third(fd: int, dest: memoryview, offset: int) -> int:
+        if offset == 2 * read_size:
+            return read_direct_into(fd, dest[:1000], offset)
+        return read_direct_into(fd, dest, offset)
+
+    monkeypatch.setattr(chunking, "read_direct_into", short_third)
+    got = _direct_cuts(chunker, path, max_size, read_size, ring=3)
+    assert b"".join(got) == data[:2 * read_size + 1000]
+    prefix = tmp_path / "prefix"
+    prefix.write_bytes(data[:2 * read_size + 1000])
+    assert got == _reference_cuts(chunker, prefix)
 
 
 def test_packs_filled_by_many_threads_verify_and_load(tmp_path: Path) -> None:
@@ -377,19 +448,19 @@ def test_a_disk_error_midway_through_a_large_file_skips_that_file_only(
     bad_ino = (src / "bad.bin").stat().st_ino
     reads = 0
 
-    def flaky(fd: int, dest: memoryview) -> int:
+    def flaky(fd: int, dest: memoryview, offset: int) -> int:
         nonlocal reads
         if os.fstat(fd).st_ino == bad_ino:
             reads += 1
             if reads == 3:
                 raise OSError(5, "Input/output error")
-        return real(fd, dest)
+        return real(fd, dest, offset)
 
     monkeypatch.setattr(chunking, "read_direct_into", flaky)
     repo = Repository.init(LocalStorage(tmp_path / "r"), "pw",
                            chunker=ChunkerParams(64 << 10, 128 << 10, 256 << 10))
     res = run_backup(repo, [src])
-    assert reads == 3
+    assert reads == 4  # the failed one, and the one queued behind it
     assert res.partial
     assert [e["path"] for e in res.errors] == [str(src / "bad.bin")]
     assert "Input/output error" in res.errors[0]["error"]
@@ -425,13 +496,13 @@ def test_backup_and_restore_where_the_filesystem_refuses_direct_io(
 
         monkeypatch.setattr(dio.fcntl, "fcntl", fake_fcntl)
     else:
-        real_readv, real_pwrite = os.readv, os.pwrite
+        real_preadv, real_pwrite = os.preadv, os.pwrite
 
-        def fake_readv(fd: int, buffers: list[memoryview]) -> int:
+        def fake_preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
             if direct(fd):
                 refused["transfer"] += 1
                 raise OSError(errno.EINVAL, "Invalid argument")
-            return real_readv(fd, buffers)
+            return real_preadv(fd, buffers, offset)
 
         def fake_pwrite(fd: int, data: memoryview, offset: int) -> int:
             if direct(fd):
@@ -439,7 +510,7 @@ def test_backup_and_restore_where_the_filesystem_refuses_direct_io(
                 raise OSError(errno.EINVAL, "Invalid argument")
             return real_pwrite(fd, data, offset)
 
-        monkeypatch.setattr(dio.os, "readv", fake_readv)
+        monkeypatch.setattr(dio.os, "preadv", fake_preadv)
         monkeypatch.setattr(dio.os, "pwrite", fake_pwrite)
 
     src = tmp_path / "src"

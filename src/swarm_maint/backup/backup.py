@@ -4,8 +4,8 @@
    applying excludes and ``one_file_system``, so progress has bytes and an ETA from the
    start.
 2. Files are read by a pool of threads; files small enough to be one read are chunked
-   inline, larger ones are read with direct I/O into two buffers each thread keeps,
-   the next read running in a third pool while the last one is chunked
+   inline, larger ones are read with direct I/O into a ring of buffers each thread
+   keeps, the next reads running in a third pool while one is chunked
    (``chunking.cut_fd``), and their chunks handed to a second pool (hash, compress,
    encrypt into the pack's buffer), so one big file keeps every core and the disk
    busy. Files the files cache knows unchanged are not read. Files that cannot be read
@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 from .. import __version__
 from ..clock import Clock, SystemClock
 from ..hostname import local_hostname
-from .chunking import buffer_size, cut_fd, read_size_for
+from .chunking import buffer_size, cut_fd, read_size_for, ring_depth
 from .direct_io import ThreadBuffers
 from .files_cache import CacheEntry, FilesCache
 from .packs import DATA
@@ -137,15 +137,20 @@ class _Backup:
         """Size the reads (and the reading buffers, which are mapped on first use) for
         ``readers`` large files read at once."""
         self.read_size = read_size_for(readers)
-        # one large file read alone (a fine-tuned checkpoint beside unchanged ones): the
-        # kernel's readahead instead of direct reads (chunking.py says why), and each
-        # chunk hashed where it lies, so that one already stored is never copied out nor
-        # handed to another thread (warm, in-process: 0.43-0.55 against 0.54-0.65 CPU s).
-        # With several, the file threads share the work as before: hashing there held
-        # more chunks in memory (peak RSS +5-10 MiB on the benchmark's initial backup).
+        # one large file read alone (a fine-tuned checkpoint beside unchanged ones): more
+        # reads in flight (chunking.ring_depth), and each chunk hashed where it lies, so
+        # that one already stored is never copied out nor handed to another thread
+        # (warm, in-process: 0.43-0.55 against 0.54-0.65 CPU s). With several, the file
+        # threads share the work as before: hashing there held more chunks in memory
+        # (peak RSS +5-10 MiB on the benchmark's initial backup).
         self.solo = readers <= 1
-        self.read_buffers = ThreadBuffers(buffer_size(self.small, self.read_size))
-        self.spare_buffers = ThreadBuffers(buffer_size(self.small, self.read_size))
+        self.depth = ring_depth(readers)
+        self.ring = [ThreadBuffers(buffer_size(self.small, self.read_size))
+                     for _ in range(self.depth)]
+
+    def close_buffers(self) -> None:
+        for bufs in self.ring:
+            bufs.close()
 
     def error(self, path: str, msg: str) -> None:
         self.scanned.error(path, msg)
@@ -218,9 +223,8 @@ class _Backup:
         futures: list[Future[bytes] | bytes] = []  # bytes: an id already stored
         total = 0
         failure: _ReadError | None = None
-        it = cut_fd(self._chunker(), f.fileno(), self.read_buffers.get(), self.small,
-                    self.read_size, spare=self.spare_buffers.get(), reader=self.read_pool,
-                    direct=not self.solo)
+        it = cut_fd(self._chunker(), f.fileno(), [bufs.get() for bufs in self.ring],
+                    self.small, self.read_size, reader=self.read_pool)
         try:
             while True:
                 try:
@@ -338,7 +342,8 @@ def run_backup(
     cache_rows: list[tuple[str, CacheEntry]] = []
     file_pool = ThreadPoolExecutor(b.workers, thread_name_prefix="backup-file")
     b.blob_pool = ThreadPoolExecutor(b.workers, thread_name_prefix="backup-blob")
-    b.read_pool = ThreadPoolExecutor(b.workers, thread_name_prefix="backup-read")
+    # enough threads for every read the file threads queue to be in flight at once
+    b.read_pool = ThreadPoolExecutor(b.workers * b.depth, thread_name_prefix="backup-read")
     try:
         futures = [(batch, file_pool.submit(b.read_batch, batch))
                    for batch in _batches(to_read, b.small)]
@@ -360,8 +365,7 @@ def run_backup(
         file_pool.shutdown(wait=True, cancel_futures=True)
         b.blob_pool.shutdown(wait=True, cancel_futures=True)
         b.read_pool.shutdown(wait=True, cancel_futures=True)
-        b.read_buffers.close()
-        b.spare_buffers.close()
+        b.close_buffers()
     for e, lead in followers:
         if id(lead) in failed:
             b.error(e.path, "skipped: its hard-linked twin could not be read")

@@ -165,16 +165,17 @@ def pwrite_all(fd: int, data: memoryview, offset: int = 0) -> None:
         pos += n
 
 
-def read_direct_into(fd: int, dest: memoryview) -> int:
-    """Fill ``dest`` from the descriptor's position until full or end of file.
+def read_direct_into(fd: int, dest: memoryview, offset: int) -> int:
+    """Fill ``dest`` from the file at ``offset`` until full or end of file; the
+    descriptor's position is not used, so several threads may read one file at once.
 
-    ``dest`` must start on a page and be a multiple of ``ALIGN`` long when the
-    descriptor is in ``O_DIRECT``; an EINVAL (a filesystem that accepts the flag but
-    not the transfer) switches it off and carries on buffered."""
+    ``dest`` must start on a page and be a multiple of ``ALIGN`` long, and ``offset`` be
+    aligned, when the descriptor is in ``O_DIRECT``; an EINVAL (a filesystem that accepts
+    the flag but not the transfer) switches it off and carries on buffered."""
     got = 0
     while got < len(dest):
         try:
-            n = os.readv(fd, [dest[got:]])
+            n = os.preadv(fd, [dest[got:]], offset + got)
         except OSError as exc:
             if exc.errno != errno.EINVAL or not _is_direct(fd):
                 raise

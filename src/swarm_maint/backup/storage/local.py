@@ -96,11 +96,8 @@ class LocalStorage:
         fd = self._open(name)
         try:
             with buf.view[:span] as dest:
-                if set_direct(fd, True):
-                    os.lseek(fd, lo, os.SEEK_SET)
-                    got = read_direct_into(fd, dest)
-                else:
-                    got = os.preadv(fd, [dest], lo)
+                set_direct(fd, True)  # where refused, the same read uses the page cache
+                got = read_direct_into(fd, dest, lo)
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, str(self._path(name))) from None
         finally:
