@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -68,6 +68,8 @@ class FilesCache:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.execute(_SCHEMA)
+        # prefetch(): path -> (the stat it matched, content), until lookup_many
+        self._matched: dict[str, tuple[os.stat_result, tuple[bytes, ...]]] = {}
 
     def __enter__(self) -> Self:
         return self
@@ -88,23 +90,53 @@ class FilesCache:
     def lookup_many(self, files: Sequence[tuple[str, os.stat_result]],
                     known: Container[bytes]) -> list[tuple[bytes, ...] | None]:
         """``lookup`` of many files, in one query per ``_QUERY_PATHS`` of them (a query per
-        file cost 15 µs of a re-run's 30 µs per unchanged file)."""
-        out: list[tuple[bytes, ...] | None] = []
+        file cost 15 µs of a re-run's 30 µs per unchanged file). Files that ``prefetch``
+        matched with the same stat object are not queried again."""
+        out: list[tuple[bytes, ...] | None] = [None] * len(files)
+        todo: list[int] = []
+        for i, (p, st) in enumerate(files):
+            seen = self._matched.pop(p, None)
+            if seen is not None and seen[0] is st:
+                out[i] = seen[1]
+            else:
+                todo.append(i)
+        self._matched.clear()
+        for start in range(0, len(todo), _QUERY_PATHS):
+            part = todo[start:start + _QUERY_PATHS]
+            for i, content in zip(part, self._query([files[i] for i in part]), strict=True):
+                out[i] = content
+        return [c if c is not None and all(b in known for b in c) else None for c in out]
+
+    def prefetch(self, files: Sequence[tuple[str, os.stat_result]],
+                 stop: Callable[[], bool] = lambda: False) -> None:
+        """Read and match the entries of ``files`` now, a query at a time until ``stop()``
+        says enough, for a ``lookup_many`` of the same (path, stat) pairs later. A backup
+        does this while the key is derived, before the repository's index (which
+        ``lookup_many`` checks the content against) can be loaded; ``stop`` ends it when
+        the key is ready, which also bounds what it holds."""
         for start in range(0, len(files), _QUERY_PATHS):
+            if stop():
+                return
             part = files[start:start + _QUERY_PATHS]
-            keys = [os.fsencode(p) for p, _ in part]
-            marks = ",".join("?" * len(keys))
-            with self._lock:
-                rows = self._db.execute(
-                    "SELECT path, size, mtime_ns, ctime_ns, inode, content FROM files"
-                    f" WHERE path IN ({marks})", keys).fetchall()
-            found = {bytes(r[0]): r for r in rows}
-            for key, (_, st) in zip(keys, part, strict=True):
-                row = found.get(key)
-                entry = None if row is None else _entry(row[1:])
-                vouched = (entry is not None and entry.matches(st)
-                           and all(c in known for c in entry.content))
-                out.append(entry.content if vouched and entry is not None else None)
+            for (p, st), content in zip(part, self._query(part), strict=True):
+                if content is not None:
+                    self._matched[p] = (st, content)
+
+    def _query(self, files: Sequence[tuple[str, os.stat_result]],
+               ) -> list[tuple[bytes, ...] | None]:
+        """The cached content of each file whose entry matches its stat, else None."""
+        keys = [os.fsencode(p) for p, _ in files]
+        marks = ",".join("?" * len(keys))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path, size, mtime_ns, ctime_ns, inode, content FROM files"
+                f" WHERE path IN ({marks})", keys).fetchall()
+        found = {bytes(r[0]): r for r in rows}
+        out: list[tuple[bytes, ...] | None] = []
+        for key, (_, st) in zip(keys, files, strict=True):
+            row = found.get(key)
+            entry = None if row is None else _entry(row[1:])
+            out.append(entry.content if entry is not None and entry.matches(st) else None)
         return out
 
     def update(self, entries: Iterable[tuple[str, CacheEntry]], now: float) -> None:
