@@ -54,6 +54,24 @@ def test_a_keep_policy_that_keeps_nothing_forgets_nothing(tmp_path: Path, setup)
     assert len(out["removed"]) == 1 and len(out["kept"]) == 1
 
 
+def test_snapshot_ids_with_a_keep_option_are_refused_even_at_zero(tmp_path: Path,
+                                                                   setup) -> None:
+    """``forget ID --keep-last 0`` is as ambiguous as with any other count: refused
+    before anything is read, and the snapshot stays; ``--keep-last 0`` alone is no
+    policy at all."""
+    repo, _ = setup
+    sid = next((repo / "snapshots").iterdir()).name
+    for keep in (("--keep-last", "0"), ("--keep-daily", "0"), ("--keep-last", "2"),
+                 ("--keep-tag", "daily")):
+        err = fails(tmp_path, 2, "backup", "forget", "--repo", str(repo), sid[:12], *keep)
+        assert "give snapshot ids or a keep policy, not both" in err
+    err = fails(tmp_path, 2, "backup", "forget", "--repo", str(repo), "--keep-last", "0")
+    assert "no keep policy given" in err
+    assert snapshot_count(repo) == 1
+    out = cli_json(tmp_path, "backup", "forget", "--repo", str(repo), sid[:12])
+    assert out["removed"] == [sid] and snapshot_count(repo) == 0
+
+
 def test_forget_prune_with_a_damaged_snapshot_forgets_nothing(tmp_path: Path, setup) -> None:
     repo, src = setup
     damaged = cli_json(tmp_path, "backup", "run", "--repo", str(repo), str(src))["snapshot"]

@@ -220,12 +220,12 @@ def forget(
     snapshot_ids: Annotated[list[str] | None, typer.Argument(
         help="Snapshot ids or unique prefixes to forget instead of a keep policy (damaged "
         "snapshots too).", show_default=False)] = None,
-    keep_last: Annotated[int, typer.Option(min=0)] = 0,
-    keep_hourly: Annotated[int, typer.Option(min=0)] = 0,
-    keep_daily: Annotated[int, typer.Option(min=0)] = 0,
-    keep_weekly: Annotated[int, typer.Option(min=0)] = 0,
-    keep_monthly: Annotated[int, typer.Option(min=0)] = 0,
-    keep_yearly: Annotated[int, typer.Option(min=0)] = 0,
+    keep_last: Annotated[int | None, typer.Option(min=0, show_default=False)] = None,
+    keep_hourly: Annotated[int | None, typer.Option(min=0, show_default=False)] = None,
+    keep_daily: Annotated[int | None, typer.Option(min=0, show_default=False)] = None,
+    keep_weekly: Annotated[int | None, typer.Option(min=0, show_default=False)] = None,
+    keep_monthly: Annotated[int | None, typer.Option(min=0, show_default=False)] = None,
+    keep_yearly: Annotated[int | None, typer.Option(min=0, show_default=False)] = None,
     keep_tag: Annotated[list[str] | None, typer.Option("--keep-tag")] = None,
     prune: Annotated[bool, typer.Option("--prune", help="Reclaim space afterwards.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
@@ -242,7 +242,8 @@ def forget(
     from ..backup.snapshots import resolve_snapshot_id
 
     policy = (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
-    if snapshot_ids and (any(policy) or keep_tag):
+    # a keep option given as 0 is a policy too: with ids it is as ambiguous as any other
+    if snapshot_ids and (any(k is not None for k in policy) or keep_tag):
         raise UsageError("give snapshot ids or a keep policy, not both")
     r = open_repo(repo, password_file)
     with locked(r, exclusive=True), PhaseProgress(prune and not json_out) as bar:
@@ -251,9 +252,9 @@ def forget(
                                    dry_run=dry_run)
         else:
             # all_readable: prune would refuse an unreadable snapshot: forget nothing either
-            res = do_forget(r, keep_last=keep_last, keep_hourly=keep_hourly,
-                            keep_daily=keep_daily, keep_weekly=keep_weekly,
-                            keep_monthly=keep_monthly, keep_yearly=keep_yearly,
+            res = do_forget(r, keep_last=keep_last or 0, keep_hourly=keep_hourly or 0,
+                            keep_daily=keep_daily or 0, keep_weekly=keep_weekly or 0,
+                            keep_monthly=keep_monthly or 0, keep_yearly=keep_yearly or 0,
                             keep_tags=keep_tag or [], dry_run=dry_run, all_readable=prune)
         try:
             pr = do_prune(r, dry_run=dry_run, progress=bar) if prune else None
