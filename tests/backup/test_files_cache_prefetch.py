@@ -107,6 +107,20 @@ def test_early_files_cache_needs_an_existing_cache_and_a_readable_config(
     (repo / "config").write_text(json.dumps({"id": "ab" * 32}))
     assert _early_files_cache(str(repo), state, scanned, never) is None  # no cache yet
     assert not (state / "cache").exists()  # and none was created
+    # the config is not authenticated yet: an id that is not one names no path, even
+    # where a files cache lies at the path it would name
+    elsewhere = tmp_path / "elsewhere" / "files.db"
+    with FilesCache(elsewhere):
+        pass
+    before = elsewhere.read_bytes()
+    for bad in ("../../elsewhere", "AB" * 32, 7, None, ["x"]):
+        (repo / "config").write_text(json.dumps({"id": bad}))
+        os.makedirs(state / "cache", exist_ok=True)
+        assert _early_files_cache(str(repo), state, scanned, never) is None
+    assert elsewhere.read_bytes() == before
+    os.rmdir(state / "cache")
+    (repo / "config").write_text(json.dumps({"id": "ab" * 32}))
+    assert not (state / "cache").exists()  # and none was created
     db = _cache_dir(state, "ab" * 32) / "files.db"
     entry = next(e for e in scanned.files)
     with FilesCache(db) as cache:

@@ -12,6 +12,7 @@ import contextlib
 import gc
 import getpass
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -330,6 +331,9 @@ def _cache_dir(state_dir: Path, repo_id: str) -> Path:
     return state_dir / "cache" / repo_id[:32]
 
 
+_REPO_ID = re.compile(r"[0-9a-f]{64}")
+
+
 def _early_files_cache(repo: str, state_dir: Path, scanned: Scan,
                        key_ready: Callable[[], bool]) -> FilesCache | None:
     """The repository's files cache, opened and read for the scanned files while the key
@@ -346,7 +350,10 @@ def _early_files_cache(repo: str, state_dir: Path, scanned: Scan,
 
     try:
         repo_id = json.loads(open_storage(repo).read("config"))["id"]
-        path = _cache_dir(state_dir, str(repo_id)) / "files.db"
+        # not authenticated yet: only a repository id's form may name a path
+        if not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id):
+            return None
+        path = _cache_dir(state_dir, repo_id) / "files.db"
         if not path.is_file():
             return None
         from ..backup.files_cache import FilesCache
