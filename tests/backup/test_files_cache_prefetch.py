@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from swarm_maint.backup.files_cache import _QUERY_PATHS, CacheEntry, FilesCache
+from swarm_maint.backup.files_cache import _QUERY_PATHS, CacheEntry, FilesCache, cache_folder
 from swarm_maint.backup.scan import Scan
-from swarm_maint.cli.backup_ops import _cache_dir, _early_files_cache
+from swarm_maint.cli.backup_ops import _early_files_cache
 from tests.backup.cli_util import cli_json
 
 PAST = 1_600_000_000 * 10**9
@@ -121,7 +121,7 @@ def test_early_files_cache_needs_an_existing_cache_and_a_readable_config(
     os.rmdir(state / "cache")
     (repo / "config").write_text(json.dumps({"id": "ab" * 32}))
     assert not (state / "cache").exists()  # and none was created
-    db = _cache_dir(state, "ab" * 32) / "files.db"
+    db = cache_folder(state, "ab" * 32) / "files.db"
     entry = next(e for e in scanned.files)
     with FilesCache(db) as cache:
         cache.update([(entry.path, CacheEntry(entry.st.st_size, entry.st.st_mtime_ns,

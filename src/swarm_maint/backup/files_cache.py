@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-__all__ = ["CacheEntry", "FilesCache"]
+__all__ = ["CacheEntry", "FilesCache", "cache_folder"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -32,6 +32,12 @@ CREATE TABLE IF NOT EXISTS files (
 """
 _ID = 32
 _QUERY_PATHS = 500  # paths per lookup query (SQLite allows 32766 parameters)
+
+
+def cache_folder(state_dir: Path, repo_id: str) -> Path:
+    """Where a state directory keeps a repository's files cache (``files.db``) and the
+    backup's other per-repository state: the CLI and the scheduled jobs share it."""
+    return state_dir / "cache" / repo_id[:32]
 
 
 @dataclass(frozen=True, slots=True)

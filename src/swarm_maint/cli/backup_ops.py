@@ -283,10 +283,10 @@ def backup_run(paths: Sequence[Path], repo: str, *, tag: Sequence[str] = (),
     assert scanned_early is not None
     scanned, early = scanned_early
     from ..backup.backup import run_backup
-    from ..backup.files_cache import FilesCache
+    from ..backup.files_cache import FilesCache, cache_folder
     from ..backup.orphan_check import backup_starts
 
-    cache_dir = _cache_dir(state[0], r.id)
+    cache_dir = cache_folder(state[0], r.id)
     if early is not None and early.path != cache_dir / "files.db":
         early.close()  # the config read before it was authenticated named another id
         early = None
@@ -327,10 +327,6 @@ def backup_run(paths: Sequence[Path], repo: str, *, tag: Sequence[str] = (),
     return EXIT_PARTIAL if res.partial else 0
 
 
-def _cache_dir(state_dir: Path, repo_id: str) -> Path:
-    return state_dir / "cache" / repo_id[:32]
-
-
 _REPO_ID = re.compile(r"[0-9a-f]{64}")
 
 
@@ -345,6 +341,7 @@ def _early_files_cache(repo: str, state_dir: Path, scanned: Scan,
     import json
     import sqlite3
 
+    from ..backup.files_cache import FilesCache, cache_folder
     from ..backup.storage import open_storage
     from ..errors import SwarmMaintError
 
@@ -353,11 +350,9 @@ def _early_files_cache(repo: str, state_dir: Path, scanned: Scan,
         # not authenticated yet: only a repository id's form may name a path
         if not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id):
             return None
-        path = _cache_dir(state_dir, repo_id) / "files.db"
+        path = cache_folder(state_dir, repo_id) / "files.db"
         if not path.is_file():
             return None
-        from ..backup.files_cache import FilesCache
-
         cache = FilesCache(path)
     except (OSError, ValueError, LookupError, TypeError, sqlite3.Error, SwarmMaintError):
         return None

@@ -64,7 +64,7 @@ def open_job_repo(cfg: Config, job: BackupJobConfig) -> Repository:
 def backup_job(cfg: Config, job: BackupJobConfig, run: JobRun) -> JobOutcome:
     """One snapshot of the job's paths, incremental through the files cache."""
     from ..backup.backup import run_backup
-    from ..backup.files_cache import FilesCache
+    from ..backup.files_cache import FilesCache, cache_folder
     from ..backup.locks import lock_repository
     from ..backup.orphan_check import backup_starts
 
@@ -75,7 +75,7 @@ def backup_job(cfg: Config, job: BackupJobConfig, run: JobRun) -> JobOutcome:
         return JobOutcome("failed", f"nothing to back up: {', '.join(missing)} "
                           "do(es) not exist; create it or set [[backup.jobs]] paths")
     repo = open_job_repo(cfg, job)
-    cache_dir = cfg.agent.resolved_state_dir() / "cache" / repo.id[:32]
+    cache_dir = cache_folder(cfg.agent.resolved_state_dir(), repo.id)
     cache = FilesCache(cache_dir / "files.db")
     lock = lock_repository(repo.storage, False)
     try:
