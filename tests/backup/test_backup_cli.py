@@ -46,6 +46,12 @@ def test_round_trip_through_the_cli(tmp_path: Path, data: Path) -> None:
     changes = cli_json(tmp_path, "backup", "diff", first["snapshot"], second["snapshot"],
                        "--repo", repo)
     assert any(c["path"].endswith("skip.tmp") and c["change"] == "+" for c in changes)
+    # the second backup of the same paths follows the first: one snapshot diffs against it
+    assert [s["parent"] for s in snaps] == [None, first["snapshot"]]
+    assert cli_json(tmp_path, "backup", "diff", second["snapshot"][:12],
+                    "--repo", repo) == changes
+    lone = cli(tmp_path, "backup", "diff", first["snapshot"], "--repo", repo, check=False)
+    assert lone.returncode == 2 and "has no parent" in lone.stderr
     target = tmp_path / "out"
     res = cli_json(tmp_path, "backup", "restore", "latest", "--repo", repo,
                    "--target", str(target))
@@ -59,6 +65,8 @@ def test_round_trip_through_the_cli(tmp_path: Path, data: Path) -> None:
     forget = cli_json(tmp_path, "backup", "forget", "--repo", repo, "--keep-last", "1",
                       "--prune")
     assert forget["removed"] == [first["snapshot"]]
+    orphan = cli(tmp_path, "backup", "diff", "latest", "--repo", repo, check=False)
+    assert orphan.returncode == 2 and "forgotten" in orphan.stderr
     assert cli_json(tmp_path, "backup", "verify", "--repo", repo, "--read-data")["ok"]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from swarm_maint.backup.backup import NullProgress, is_excluded, normalize_paths, run_backup
-from swarm_maint.backup.errors import DamagedObjectError, RepositoryError
+from swarm_maint.backup.errors import DamagedObjectError, RepositoryError, SnapshotSelectorError
 from swarm_maint.backup.files_cache import CacheEntry, FilesCache
 from swarm_maint.backup.packs import DATA, TREE, pack_name
 from swarm_maint.backup.repository import ChunkerParams, Repository
@@ -24,6 +24,7 @@ from swarm_maint.backup.snapshots import (
     find_snapshot,
     list_files,
     list_snapshots,
+    with_parent,
 )
 from swarm_maint.backup.storage import LocalStorage
 from swarm_maint.backup.tree import encode_tree, load_tree, walk_snapshot
@@ -496,6 +497,38 @@ def test_find_and_list_snapshots(repo: Repository, tmp_path: Path) -> None:
     shared = next(c for c in firsts if firsts.count(c) > 1)  # pigeonhole: 17 > 16
     with pytest.raises(RepositoryError, match="ambiguous"):
         find_snapshot(repo, shared)
+
+
+def test_parent_is_the_latest_backup_of_the_same_paths_from_the_same_host(
+        repo: Repository, tmp_path: Path) -> None:
+    src, other = tmp_path / "src", tmp_path / "other"
+    for d in (src, other):
+        d.mkdir()
+        (d / "f").write_bytes(b"f")
+
+    def snap(paths: list[Path], host: str) -> dict[str, Any]:
+        sid = run_backup(repo, paths, hostname=host).snapshot_id
+        return {"id": sid, **repo.load_object("snapshots", sid)}
+
+    a = snap([src], "h1")
+    assert a["parent"] is None  # the first backup of these paths
+    b = snap([src], "h1")
+    assert b["parent"] == a["id"]
+    assert snap([src], "h2")["parent"] is None  # another host
+    assert snap([src, other], "h1")["parent"] is None  # other paths
+    c = snap([src], "h1")
+    assert c["parent"] == b["id"]  # the latest, not the first
+    # a damaged snapshot is passed over, and the backup still completes
+    path = tmp_path / "repo" / "snapshots" / c["id"]
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert snap([src], "h1")["parent"] == b["id"]
+    given = run_backup(repo, [src], hostname="h1", parent="ab" * 32).snapshot_id
+    assert repo.load_object("snapshots", given)["parent"] == "ab" * 32
+    assert with_parent(repo, b["id"]) == (a["id"], b["id"])
+    with pytest.raises(SnapshotSelectorError, match="no parent"):
+        with_parent(repo, a["id"])
 
 
 def test_diff(repo: Repository, tmp_path: Path) -> None:

@@ -615,7 +615,7 @@ def test_reader_follows_the_superseding_index_after_forget_and_prune(
     reader = Reader.open(repo, PASSWORD)
     snapshots = reader.snapshots()
     assert list(snapshots) == [second]
-    assert snapshots[second]["parent"] is None  # the CLI names no parent
+    assert snapshots[second]["parent"] == first  # informational: forgotten since
     assert first not in snapshots
     superseding = [f for f in reader.index_files.values() if f.supersedes]
     assert len(superseding) == 1 and set(superseding[0].supersedes) == set(old_index)

@@ -13,6 +13,8 @@
    Sockets below the paths hold no data and are skipped (counted, not errors).
 3. Trees are stored bottom-up, ``repo.flush()`` makes packs and index durable, and only
    then is the snapshot object written (followed by the files cache, in one transaction).
+   Its ``parent`` is the latest snapshot of the same paths from the same host, looked for
+   while the files are read.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from ..clock import Clock, SystemClock
 from ..hostname import local_hostname
 from .chunking import buffer_size, cut_fd, read_size_for, ring_depth
 from .direct_io import ThreadBuffers
+from .errors import RepositoryError
 from .files_cache import CacheEntry, FilesCache
 from .packs import DATA
 from .repository import Repository
 from .scan import Entry, NullProgress, Progress, Scan, is_excluded, normalize_paths
+from .snapshots import find_parent
 from .tags import check_tags
 from .tree import Node, save_tree
 
@@ -291,7 +295,8 @@ def run_backup(
     hostname: str | None = None,
 ) -> BackupResult:
     """Back up ``paths`` (or a Scan of them taken beforehand, whose excludes and
-    one_file_system then apply) and save a snapshot; see the module docstring."""
+    one_file_system then apply) and save a snapshot; see the module docstring.
+    ``parent`` is recorded as given; None looks for it (``snapshots.find_parent``)."""
     tags = check_tags(tags)
     clock = clock or SystemClock()
     started = clock.time()
@@ -304,6 +309,13 @@ def run_backup(
                        progress=prog)
     tops, root, scan_start_ns = scanned.tops, scanned.root, scanned.started_ns
     excludes = scanned.excludes
+    hostname = hostname or local_hostname()
+    # the parent is looked for while the files are read: it means reading every snapshot
+    parent_found: Future[str | None] | None = None
+    if parent is None:
+        parent_pool = ThreadPoolExecutor(1, thread_name_prefix="backup-parent")
+        parent_found = parent_pool.submit(_parent_or_none, repo, hostname, tops)
+        parent_pool.shutdown(wait=False)
     b = _Backup(repo, scanned, progress=prog, workers=workers or os.cpu_count() or 1)
 
     # hard links, then the files cache, decide what must be read
@@ -400,12 +412,14 @@ def run_backup(
     repo.flush()
     repo.release_buffers()
 
+    if parent_found is not None:
+        parent = parent_found.result()
     seconds = clock.monotonic() - started_mono
     partial = bool(b.errors)
     snap: dict[str, Any] = {
         "version": 1,
         "time": started,
-        "hostname": hostname or local_hostname(),
+        "hostname": hostname,
         "username": _username(),
         "paths": tops,
         "tags": list(tags),
@@ -424,6 +438,15 @@ def run_backup(
         files_cache.update(cache_rows, clock.time())
     return BackupResult(snapshot_id, n_files, n_dirs, total_bytes, b.added, seconds, partial,
                         list(b.errors), b.files_read, b.bytes_read, len(scanned.sockets))
+
+
+def _parent_or_none(repo: Repository, hostname: str, paths: list[str]) -> str | None:
+    """``find_parent``, or None when the snapshots cannot be listed: the parent is
+    informational, and a storage fault that matters fails the backup's own writes."""
+    try:
+        return find_parent(repo, hostname, paths)
+    except (RepositoryError, OSError):
+        return None
 
 
 def _node(e: Entry) -> Node:

@@ -10,7 +10,8 @@ from .errors import DamagedObjectError, RepositoryError, SnapshotSelectorError
 from .repository import Repository
 from .tree import Node, join_path, load_tree, walk_snapshot
 
-__all__ = ["diff_snapshots", "find_snapshot", "list_files", "list_snapshots", "resolve_snapshot_id"]
+__all__ = ["diff_snapshots", "find_parent", "find_snapshot", "list_files", "list_snapshots",
+           "resolve_snapshot_id", "with_parent"]
 
 _HEX = re.compile(r"[0-9a-f]+")
 _COMPARED = ("type", "content", "mode", "mtime_ns", "size", "target")
@@ -34,6 +35,30 @@ def list_snapshots(repo: Repository,
         out.append((sid, obj))
     out.sort(key=lambda s: (float(s[1].get("time", 0)), s[0]))
     return out
+
+
+def find_parent(repo: Repository, hostname: str, paths: list[str]) -> str | None:
+    """The id of the latest readable snapshot taken on ``hostname`` of exactly ``paths``
+    (the snapshot a new backup of them follows), or None. Damaged snapshots are passed
+    over: the parent is informational, and a backup must not fail for want of one."""
+    for sid, obj in reversed(list_snapshots(repo, damaged=[])):  # newest first
+        if obj.get("hostname") == hostname and obj.get("paths") == paths:
+            return str(sid)
+    return None
+
+
+def with_parent(repo: Repository, ref: str) -> tuple[str, str]:
+    """(parent id, id) of the snapshot ``ref`` names, for a diff against its parent;
+    SnapshotSelectorError when it has none, or its parent was forgotten."""
+    sid, obj = find_snapshot(repo, ref)
+    parent = obj.get("parent")
+    if not isinstance(parent, str) or not parent:
+        raise SnapshotSelectorError(f"snapshot {sid[:16]} has no parent (the first backup of "
+                                    "its paths from its host): name two snapshots")
+    if parent not in repo.list_objects("snapshots"):
+        raise SnapshotSelectorError(f"the parent of snapshot {sid[:16]}, {parent[:16]}, is no "
+                                    "longer in the repository (forgotten): name two snapshots")
+    return str(parent), sid
 
 
 def find_snapshot(repo: Repository, ref: str) -> tuple[str, dict[str, Any]]:

@@ -167,13 +167,20 @@ def restore(
 
 
 @app.command("diff")
-def diff(a: str, b: str, repo: RepoOption, password_file: PasswordFileOption = None,
+def diff(a: str, repo: RepoOption,
+         b: Annotated[str | None, typer.Argument(
+             help="The later snapshot; without it, A is compared with its parent.",
+             show_default=False)] = None,
+         password_file: PasswordFileOption = None,
          json_out: JsonOption = False, config: ConfigOption = None) -> None:
-    """What changed from snapshot A to snapshot B (+ added, - removed, M modified)."""
+    """What changed from snapshot A to snapshot B (+ added, - removed, M modified); given
+    one snapshot, what changed since its parent (the backup of the same paths before it)."""
     check_config(config)  # a bad --config is an error here too
-    from ..backup.snapshots import diff_snapshots
+    from ..backup.snapshots import diff_snapshots, with_parent
 
     r = open_repo(repo, password_file)
+    if b is None:
+        a, b = with_parent(r, a)
     changes = diff_snapshots(r, a, b)
     if json_out:
         print_json([{"change": c, "path": p} for c, p in changes])
