@@ -22,10 +22,12 @@ from ..hostname import local_hostname
 from .errors import DamagedObjectError, WrongPasswordError
 from .kdf import derive, parse_key_object
 
-__all__ = ["NONCE_SIZE", "TAG_SIZE", "Crypto", "MasterKey", "unwrap_key", "wrap_key"]
+__all__ = ["NONCE_SIZE", "SEAL_OVERHEAD", "TAG_SIZE", "Crypto", "MasterKey", "unwrap_key",
+           "wrap_key"]
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
+SEAL_OVERHEAD = NONCE_SIZE + TAG_SIZE  # what sealing adds to a plaintext
 SCRYPT_N = 2**15  # 32 MiB of memory, ~0.1 s: costly to guess, cheap to open once
 SCRYPT_R = 8
 SCRYPT_P = 1
@@ -67,7 +69,8 @@ class Crypto:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
-    def seal_into(self, plaintext: bytes | memoryview, aad: bytes, out: memoryview) -> None:
+    def seal_into(self, plaintext: bytes | bytearray | memoryview, aad: bytes,
+                  out: memoryview) -> None:
         """``seal`` into ``out``, which is exactly ``len(plaintext) + 28`` bytes long."""
         nonce = os.urandom(NONCE_SIZE)
         out[:NONCE_SIZE] = nonce

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import blake3
 
-from .crypto import Crypto
+from .crypto import SEAL_OVERHEAD, Crypto
 from .errors import DamagedObjectError
 from .packs import _ENTRY, PackEntry
 
@@ -50,9 +50,10 @@ def index_name(index_id: bytes) -> str:
     return f"index/{index_id.hex()}"
 
 
-def encode_index(crypto: Crypto, packs: dict[bytes, list[PackEntry]],
-                 supersedes: Iterable[bytes] = ()) -> tuple[bytes, bytes]:
-    """(index id, sealed bytes)."""
+def encode_index(crypto: Crypto, packs: Mapping[bytes, list[PackEntry] | bytes],
+                 supersedes: Iterable[bytes] = ()) -> tuple[bytes, bytearray]:
+    """(index id, sealed bytes). A pack's entries are a list, or packed already
+    (``pack_entries``, as ``Index.raw_entries`` keeps them)."""
     sup = list(supersedes)
     out = bytearray(_MAGIC)
     out += struct.pack("<BI", _VERSION, len(sup))
@@ -60,9 +61,11 @@ def encode_index(crypto: Crypto, packs: dict[bytes, list[PackEntry]],
         out += s
     out += struct.pack("<I", len(packs))
     for pack_id, entries in packs.items():
-        out += pack_id + struct.pack("<I", len(entries))
-        out += pack_entries(entries)
-    sealed = crypto.seal(bytes(out), _AAD)
+        raw = entries if isinstance(entries, bytes) else pack_entries(entries)
+        out += pack_id + struct.pack("<I", len(raw) // ENTRY_SIZE)
+        out += raw
+    sealed = bytearray(len(out) + SEAL_OVERHEAD)  # sealed in place: a large index is
+    crypto.seal_into(out, _AAD, memoryview(sealed))  # held twice at most, not 3 times
     return blake3.blake3(sealed).digest(), sealed
 
 
@@ -158,8 +161,14 @@ class Index:
         self._entries: list[bytes] = []  # pack number -> its packed entries
         self._table = _empty_table(0)
         self._count = 0  # distinct blob ids, one slot each
-        self.packs: Mapping[bytes, list[PackEntry]] = _PackView(self)
         self.files: dict[str, set[bytes]] = {}  # index object name -> pack ids it lists
+
+    @property
+    def packs(self) -> Mapping[bytes, list[PackEntry]]:
+        """Pack id -> its entries, decoded when asked for. Made on each use: a view kept
+        as an attribute would be a reference cycle, and a replaced index (10s of MB)
+        would then wait for the cyclic garbage collector."""
+        return _PackView(self)
 
     def reserve(self, blobs: int) -> None:
         """Size the table for ``blobs`` more blobs at once (loading an index)."""
@@ -268,6 +277,39 @@ class Index:
 
     def __contains__(self, blob_id: object) -> bool:
         return isinstance(blob_id, bytes) and len(blob_id) == 32 and self._find(blob_id) >= 0
+
+    # Blob positions: a dense number for each blob, so that prune and repair can mark
+    # the blobs in bitmaps (a bit each) instead of sets of ids (~100 bytes each).
+
+    @property
+    def positions(self) -> int:
+        """Every blob's position is below this."""
+        return self._table.mask + 1
+
+    def position(self, blob_id: bytes) -> int:
+        """The position of ``blob_id`` (-1: not in the index), valid until the index
+        next changes."""
+        t = self._table
+        keys, mask = t.keys, t.mask
+        key = int.from_bytes(blob_id[:8], "little") or 1
+        j = key & mask
+        while True:
+            k = keys[j]
+            if not k:
+                return -1
+            if k == key and self._id_at(t.slots[j]) == blob_id:
+                return j
+            j = (j + 1) & mask
+
+    def id_at_position(self, position: int) -> bytes:
+        t = self._table
+        if not t.keys[position]:
+            raise KeyError(position)
+        return self._id_at(t.slots[position])
+
+    def raw_entries(self, pack_id: bytes) -> bytes:
+        """A pack's entries, packed (``pack_entries``)."""
+        return self._entries[self._pack_no[pack_id]]
 
     def __len__(self) -> int:
         return self._count

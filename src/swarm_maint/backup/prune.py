@@ -20,6 +20,7 @@ crashed backup may still index a young one (the CLI also holds an exclusive lock
 
 from __future__ import annotations
 
+import array
 import os
 import time
 from collections.abc import Callable
@@ -28,12 +29,13 @@ from typing import Any
 
 from ..errors import UsageError
 from .errors import DamagedObjectError, RepositoryError
-from .packs import PACK_TARGET, PackEntry, PackWriter, decode_blob, pack_id_of, pack_name
+from .index import ENTRY_SIZE
+from .packs import _ENTRY, PACK_TARGET, PackEntry, PackWriter, decode_blob, pack_id_of, pack_name
 from .repository import Repository
 from .storage import LocalStorage, Storage, check_name
 from .verify import ProgressFn, parse_snapshot_tree, parse_tree
 
-__all__ = ["GRACE_SECONDS", "PackOutput", "PruneResult", "mark_used_blobs", "prune"]
+__all__ = ["GRACE_SECONDS", "BlobBits", "PackOutput", "PruneResult", "mark_used_blobs", "prune"]
 
 GRACE_SECONDS = 3600.0
 
@@ -89,15 +91,46 @@ def _human(n: int) -> str:
 # -- mark -------------------------------------------------------------------------------
 
 
-def mark_used_blobs(repo: Repository, progress: ProgressFn | None = None) -> tuple[set[bytes],
-                                                                                    int]:
-    """(ids of every tree and data blob some snapshot reaches, number of snapshots).
+class BlobBits:
+    """A set of the index's blobs as a bitmap over their positions (``Index.position``):
+    a bit per blob where a set of ids took ~100 bytes (1 GB for 10 M blobs)."""
+
+    def __init__(self, positions: int) -> None:
+        self._bits = bytearray((positions + 7) // 8)
+
+    def add(self, position: int) -> bool:
+        """Add ``position``; False when it was in already."""
+        i, bit = position >> 3, 1 << (position & 7)
+        byte = self._bits[i]
+        if byte & bit:
+            return False
+        self._bits[i] = byte | bit
+        return True
+
+    def __contains__(self, position: int) -> bool:
+        return bool(self._bits[position >> 3] & (1 << (position & 7)))
+
+    def __len__(self) -> int:
+        return int.from_bytes(self._bits, "little").bit_count()
+
+    def first_not_in(self, other: BlobBits) -> int:
+        """The lowest position in this set and not in ``other``, or -1."""
+        rest = int.from_bytes(self._bits, "little") & ~int.from_bytes(other._bits, "little")
+        return (rest & -rest).bit_length() - 1
+
+
+def mark_used_blobs(repo: Repository,
+                    progress: ProgressFn | None = None) -> tuple[BlobBits, int]:
+    """(positions of every tree and data blob some snapshot reaches, number of
+    snapshots), valid while the repository's index is not changed.
 
     Raises DamagedObjectError when a snapshot or tree cannot be read or a reached blob is
     not in the index: the used set would be incomplete.
     """
-    used: set[bytes] = set()
+    index = repo.index
+    used = BlobBits(index.positions)
     missing: list[str] = []
+    not_indexed: set[bytes] = set()
     snap_ids = repo.list_objects("snapshots")
     for i, sid in enumerate(snap_ids):
         if progress is not None:
@@ -111,12 +144,14 @@ def mark_used_blobs(repo: Repository, progress: ProgressFn | None = None) -> tup
         stack = [root]
         while stack:
             tid = stack.pop()
-            if tid in used:
+            pos = index.position(tid)
+            if pos < 0:
+                if tid not in not_indexed:
+                    not_indexed.add(tid)
+                    missing.append(f"tree {tid.hex()} (snapshot {sid[:8]})")
                 continue
-            used.add(tid)
-            if tid not in repo.index:
-                missing.append(f"tree {tid.hex()} (snapshot {sid[:8]})")
-                continue
+            if not used.add(pos):
+                continue  # walked already
             try:
                 nodes = parse_tree(repo.load_blob(tid))
             except (DamagedObjectError, OSError, ValueError, TypeError) as exc:
@@ -126,11 +161,13 @@ def mark_used_blobs(repo: Repository, progress: ProgressFn | None = None) -> tup
                     tid.hex()) from None
             for n in nodes:
                 for b in n.content:
-                    if b not in used:
-                        used.add(b)
-                        if b not in repo.index:
-                            missing.append(f"blob {b.hex()} (snapshot {sid[:8]})")
-                if n.subtree is not None and n.subtree not in used:
+                    pos = index.position(b)
+                    if pos >= 0:
+                        used.add(pos)
+                    elif b not in not_indexed:
+                        not_indexed.add(b)
+                        missing.append(f"blob {b.hex()} (snapshot {sid[:8]})")
+                if n.subtree is not None:
                     stack.append(n.subtree)
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -210,64 +247,68 @@ def prune(repo: Repository, *, repack_threshold: float = 0.5,
             "verify`)", damaged[0])
 
     used, result.snapshots = mark_used_blobs(repo, tick)
+    index = repo.index
     stored = set(storage.list("packs/"))
-    packs = dict(repo.index.packs)
-    result.packs_total = len(packs)
+    pack_ids = list(index.packs)
+    result.packs_total = len(pack_ids)
 
-    # one location per used blob, preferring packs that are present
-    loc: dict[bytes, bytes] = {}
-    for pid, entries in packs.items():
-        if pack_name(pid) not in stored:
-            continue
-        for e in entries:
-            if e.id in used and e.id not in loc:
-                loc[e.id] = pid
-    lost = [b for b in used if b not in loc]
-    if lost:
-        raise DamagedObjectError(
-            f"{len(lost)} used blob(s) are only in missing packs (e.g. {lost[0].hex()}); "
-            "prune aborted, nothing was deleted (run `swarm-maint backup verify`)")
-    result.blobs_kept = len(used)
-
-    keep: dict[bytes, list[PackEntry]] = {}
+    # each used blob is kept in one pack: the first present pack that holds it (so
+    # packs are read one at a time, and nothing per blob is kept but two bits)
+    claimed = BlobBits(index.positions)
+    keep: dict[bytes, list[PackEntry] | bytes] = {}  # pack -> its entries, packed
     repack: dict[bytes, list[PackEntry]] = {}  # pack -> its entries to copy
     delete: list[bytes] = []
-    for pid, entries in packs.items():
+    n_entries: dict[bytes, int] = {}  # of the packs deleted or repacked
+    for pid in pack_ids:
+        if pack_name(pid) not in stored:
+            continue  # dropped below, once no used blob is found to be only there
+        raw = index.raw_entries(pid)
+        mine = array.array("I")  # the entries kept here, by number: no object per blob
+        total = mine_bytes = 0
+        for i, (_t, _c, _o, length, _r, bid) in enumerate(_ENTRY.iter_unpack(raw)):
+            total += length
+            pos = index.position(bid)
+            if pos in used and claimed.add(pos):
+                mine.append(i)
+                mine_bytes += length
+        if not mine:
+            delete.append(pid)
+        elif total > 0 and mine_bytes / total < repack_threshold:
+            repack[pid] = [PackEntry(*_ENTRY.unpack_from(raw, i * ENTRY_SIZE)) for i in mine]
+        else:
+            keep[pid] = raw
+            continue
+        n_entries[pid] = len(raw) // ENTRY_SIZE
+    lost = used.first_not_in(claimed)
+    if lost >= 0:
+        raise DamagedObjectError(
+            f"{len(used) - len(claimed)} used blob(s) are only in missing packs (e.g. "
+            f"{index.id_at_position(lost).hex()}); prune aborted, nothing was deleted (run "
+            "`swarm-maint backup verify`)")
+    result.blobs_kept = len(used)
+    del used, claimed
+    for pid in pack_ids:
         if pack_name(pid) not in stored:
             result.missing_packs_dropped += 1
             result.warnings.append(f"{pack_name(pid)}: missing, holds nothing in use; "
                                    "dropped from the index")
-            continue
-        mine: list[PackEntry] = []
-        seen: set[bytes] = set()
-        for e in entries:
-            if loc.get(e.id) == pid and e.id not in seen:
-                seen.add(e.id)
-                mine.append(e)
-        total = sum(e.length for e in entries)
-        if not mine:
-            delete.append(pid)
-        elif total > 0 and sum(e.length for e in mine) / total < repack_threshold:
-            repack[pid] = mine
-        else:
-            keep[pid] = entries
 
     # copy the used blobs of packs to repack (checked: damage is never copied)
     out = PackOutput(repo, dry_run)
     repacked: list[bytes] = []
-    for i, (pid, mine) in enumerate(repack.items()):
+    for i, (pid, copied) in enumerate(repack.items()):
         tick("repack", i, len(repack))
         name = pack_name(pid)
         try:
             data = storage.read(name)
             blobs = []
-            for e in mine:
+            for e in copied:
                 sealed = data[e.offset:e.offset + e.length]
                 decode_blob(repo.crypto, e, sealed, f"{name} blob {e.id.hex()}")
                 blobs.append((e, sealed))
         except (DamagedObjectError, OSError) as exc:
             result.warnings.append(f"{name}: not repacked, kept as it is ({exc})")
-            keep[pid] = packs[pid]
+            keep[pid] = index.raw_entries(pid)
             continue
         for e, sealed in blobs:
             out.add(e, sealed)
@@ -276,7 +317,7 @@ def prune(repo: Repository, *, repack_threshold: float = 0.5,
 
     # packs no index names
     now = clock() if clock is not None else time.time()
-    indexed_names = {pack_name(p) for p in packs}
+    indexed_names = {pack_name(p) for p in pack_ids}
     old_unreferenced: list[str] = []
     for name in sorted(stored - indexed_names):
         if pack_id_of(name) is None:
@@ -302,8 +343,8 @@ def prune(repo: Repository, *, repack_threshold: float = 0.5,
     result.packs_repacked = len(repacked)
     result.packs_written = len(out.packs)
     result.unreferenced_deleted = len(old_unreferenced)
-    result.blobs_removed = (sum(len(packs[p]) for p in delete)
-                            + sum(len(packs[p]) - len(repack[p]) for p in repacked))
+    result.blobs_removed = (sum(n_entries[p] for p in delete)
+                            + sum(n_entries[p] - len(repack[p]) for p in repacked))
     result.bytes_deleted = sum(sizes.values())
     result.bytes_written = out.bytes_written
     result.bytes_freed = result.bytes_deleted - result.bytes_written
@@ -322,15 +363,15 @@ def prune(repo: Repository, *, repack_threshold: float = 0.5,
 
     if rewrite:
         # 1. the new packs are durable (written above); 2. the new index
-        new_packs = dict(keep)
-        new_packs.update(out.packs)
+        keep.update(out.packs)
         # 3. the index files it supersedes
-        repo.replace_index(new_packs, index_files, tick)
+        repo.replace_index(keep, index_files, tick)
         result.index_files_replaced = len(index_files)
     # 4. packs no index names any more
     for i, name in enumerate(to_delete):
         tick("delete", i, len(to_delete))
         storage.delete(name)
+    del keep, index  # the old index is freed before the new one is read
     repo.load_index()
     return result
 

@@ -219,7 +219,8 @@ class Repository:
             self._write_index(found)
         return len(found)
 
-    def replace_index(self, packs: dict[bytes, list[PackEntry]], old_files: list[str],
+    def replace_index(self, packs: Mapping[bytes, list[PackEntry] | bytes],
+                      old_files: list[str],
                       tick: Callable[[str, int, int], None] | None = None) -> None:
         """One new index file listing ``packs`` that supersedes ``old_files``, which are
         then deleted (prune and repair; the packs must be durable already). A crash
@@ -233,13 +234,19 @@ class Repository:
             if name != new_index:
                 self.storage.delete(name)
 
-    def _write_index(self, packs: dict[bytes, list[PackEntry]],
+    def _write_index(self, packs: Mapping[bytes, list[PackEntry] | bytes],
                      supersedes: Iterable[bytes] = ()) -> str:
+        """Write an index file of ``packs`` (entries as a list, or packed) and add them
+        to the index."""
         index_id, sealed = encode_index(self.crypto, packs, supersedes)
         name = index_name(index_id)
         self.storage.write(name, sealed)
+        del sealed
         for pack_id, entries in packs.items():
-            self.index.add_pack(pack_id, entries, name)
+            if isinstance(entries, bytes):
+                self.index.add_pack_raw(pack_id, entries, name)
+            else:
+                self.index.add_pack(pack_id, entries, name)
         return name
 
     # -- blobs --------------------------------------------------------------------------
