@@ -309,3 +309,30 @@ def test_memory_per_blob_stays_small(tmp_path: Path) -> None:
     # the old way took 420-480 here
     assert per_blob < 80, per_blob
     assert_restorable(repo, keep)
+
+
+def test_verify_memory_per_blob_stays_small(tmp_path: Path) -> None:
+    """Verify counts the blobs snapshots reach in a bitmap and decodes the index one pack
+    at a time, instead of a set of ids, a list of every tree's blobs and an entry object
+    for each blob (~350 bytes a blob beside the index here)."""
+    import tracemalloc
+
+    repo = new_repo(tmp_path)
+    n = 20_000
+    for name in ("one", "two"):
+        _many_blobs_snapshot(repo, name, n, time.time())
+    repo = reopen(repo)
+    tracemalloc.start()
+    try:
+        repo.load_index()
+        index_bytes = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        report = verify(repo)
+        peak = tracemalloc.get_traced_memory()[1] - index_bytes
+    finally:
+        tracemalloc.stop()
+    assert report.ok and report.blobs_referenced == 2 * (n + 101)
+    per_blob = peak / (2 * n)
+    # one index file at a time, read, decrypted and split into packs (the old way took
+    # ~350 here)
+    assert per_blob < 100, per_blob

@@ -29,13 +29,13 @@ from typing import Any
 
 from ..errors import UsageError
 from .errors import DamagedObjectError, RepositoryError
-from .index import ENTRY_SIZE
+from .index import ENTRY_SIZE, BlobBits
 from .packs import _ENTRY, PACK_TARGET, PackEntry, PackWriter, decode_blob, pack_id_of, pack_name
 from .repository import Repository
 from .storage import LocalStorage, Storage, check_name
 from .verify import ProgressFn, parse_snapshot_tree, parse_tree
 
-__all__ = ["GRACE_SECONDS", "BlobBits", "PackOutput", "PruneResult", "mark_used_blobs", "prune"]
+__all__ = ["GRACE_SECONDS", "PackOutput", "PruneResult", "mark_used_blobs", "prune"]
 
 GRACE_SECONDS = 3600.0
 
@@ -89,34 +89,6 @@ def _human(n: int) -> str:
 
 
 # -- mark -------------------------------------------------------------------------------
-
-
-class BlobBits:
-    """A set of the index's blobs as a bitmap over their positions (``Index.position``):
-    a bit per blob where a set of ids took ~100 bytes (1 GB for 10 M blobs)."""
-
-    def __init__(self, positions: int) -> None:
-        self._bits = bytearray((positions + 7) // 8)
-
-    def add(self, position: int) -> bool:
-        """Add ``position``; False when it was in already."""
-        i, bit = position >> 3, 1 << (position & 7)
-        byte = self._bits[i]
-        if byte & bit:
-            return False
-        self._bits[i] = byte | bit
-        return True
-
-    def __contains__(self, position: int) -> bool:
-        return bool(self._bits[position >> 3] & (1 << (position & 7)))
-
-    def __len__(self) -> int:
-        return int.from_bytes(self._bits, "little").bit_count()
-
-    def first_not_in(self, other: BlobBits) -> int:
-        """The lowest position in this set and not in ``other``, or -1."""
-        rest = int.from_bytes(self._bits, "little") & ~int.from_bytes(other._bits, "little")
-        return (rest & -rest).bit_length() - 1
 
 
 def mark_used_blobs(repo: Repository,

@@ -30,7 +30,7 @@ import blake3
 from ..errors import UsageError
 from .crypto import NONCE_SIZE, TAG_SIZE
 from .errors import DamagedObjectError
-from .index import decode_index
+from .index import BlobBits, Index, decode_index_raw, unpack_entries
 from .packs import (
     _ENTRY,
     PackEntry,
@@ -293,25 +293,29 @@ def verify(repo: Repository, *, read_data: bool = False,
             raw = storage.read(name)
             if blake3.blake3(raw).hexdigest() != name.rsplit("/", 1)[1]:
                 raise DamagedObjectError(f"{name}: content does not match its name", name)
-            decode_index(repo.crypto, raw, name)
+            decode_index_raw(repo.crypto, raw, name)
         except (DamagedObjectError, OSError) as exc:
             report.damaged_indexes.append(Problem("damaged_indexes", name,
                                                   f"index file {name} is damaged: {exc}"))
 
-    # packs: presence, size, and the ones no index names
+    # packs: presence, size, and the ones no index names (entries are decoded one pack
+    # at a time: objects for every blob at once took ~150 bytes each)
     stored = set(storage.list("packs/"))
-    indexed = {pack_name(pid): (pid, entries) for pid, entries in repo.index.packs.items()}
+    index = repo.index
+    indexed = {pack_name(pid): pid for pid in index.packs}
     report.packs = len(indexed)
-    present: list[tuple[bytes, str, list[PackEntry]]] = []
-    for i, (name, (pid, entries)) in enumerate(sorted(indexed.items())):
+    present: list[tuple[bytes, str]] = []
+    for i, (name, pid) in enumerate(sorted(indexed.items())):
         tick("packs", i, len(indexed))
+        raw = index.raw_entries(pid)
         if name not in stored:
+            entries = unpack_entries(raw)
             report.missing_packs.append(Problem(
                 "missing_packs", name, f"pack {name} is named by the index but missing "
                 f"({len(entries)} blob(s) lost)", pack=name, blobs={e.id for e in entries}))
             continue
-        present.append((pid, name, entries))
-        problem = _check_pack_size(repo, name, entries)
+        present.append((pid, name))
+        problem = _check_pack_size(repo, name, raw)
         if problem is not None:
             report.damaged_packs.append(problem)
     for name in sorted(set(stored) - set(indexed)):
@@ -329,9 +333,9 @@ def verify(repo: Repository, *, read_data: bool = False,
             "prune removes it)", pack=name))
 
     # snapshots and trees
-    graph: dict[bytes, tuple[list[bytes], list[bytes]]] = {}
+    graph: dict[bytes, list[bytes]] = {}  # tree -> its subtrees
     roots: list[tuple[str, bytes]] = []
-    referenced: set[bytes] = set()
+    referenced = _Referenced(index)
     failed: set[bytes] = set()
     snap_ids = repo.list_objects("snapshots")
     report.snapshots = len(snap_ids)
@@ -348,11 +352,10 @@ def verify(repo: Repository, *, read_data: bool = False,
         _walk_unique(repo, root, graph, referenced, failed, report)
     report.trees = len(graph)
     report.blobs_referenced = len(referenced)
-    for bid in sorted(referenced):
-        if bid not in repo.index:
-            report.missing_blobs.append(Problem(
-                "missing_blobs", bid.hex(), f"missing blob {bid.hex()}: no index lists it",
-                blob=bid.hex(), blobs={bid}))
+    for bid in sorted(referenced.not_indexed):
+        report.missing_blobs.append(Problem(
+            "missing_blobs", bid.hex(), f"missing blob {bid.hex()}: no index lists it",
+            blob=bid.hex(), blobs={bid}))
 
     # data
     if read_data or read_data_subset is not None:
@@ -363,23 +366,25 @@ def verify(repo: Repository, *, read_data: bool = False,
         if percent < 100 and present:
             k = max(1, math.ceil(len(present) * percent / 100))
             selected = sorted((rng or random.Random()).sample(present, k))
-        for i, (pid, name, entries) in enumerate(selected):
+        for i, (pid, name) in enumerate(selected):
             tick("read-data", i, len(selected))
-            _read_pack(repo, pid, name, entries, report)
+            _read_pack(repo, pid, name, unpack_entries(index.raw_entries(pid)), report)
 
     _find_affected(repo, roots, graph, report)
     return report
 
 
-def _check_pack_size(repo: Repository, name: str, entries: list[PackEntry]) -> Problem | None:
+def _check_pack_size(repo: Repository, name: str, raw: bytes) -> Problem | None:
+    """A problem when the pack's size is not what its entries (``raw``, packed) imply."""
     try:
         size = repo.storage.size(name)
     except OSError as exc:
         return Problem("damaged_packs", name, f"pack {name} cannot be read: {exc}", pack=name,
-                       blobs={e.id for e in entries})
-    want = expected_pack_size(entries)
+                       blobs={e.id for e in unpack_entries(raw)})
+    want = expected_pack_size(PackEntry(*t) for t in _ENTRY.iter_unpack(raw))
     if size == want:
         return None
+    entries = unpack_entries(raw)
     detail = f"pack {name} is {size} bytes, the index implies {want}"
     try:
         header = read_header(repo.crypto, repo.storage, name, size)
@@ -391,10 +396,31 @@ def _check_pack_size(repo: Repository, name: str, entries: list[PackEntry]) -> P
     return Problem("damaged_packs", name, detail, pack=name, blobs={e.id for e in entries})
 
 
-def _walk_unique(repo: Repository, root: bytes,
-                 graph: dict[bytes, tuple[list[bytes], list[bytes]]],
-                 referenced: set[bytes], failed: set[bytes], report: VerifyReport) -> None:
-    """Load and parse every tree reachable from ``root`` not seen yet; record its edges."""
+class _Referenced:
+    """The blobs snapshots reach: a bit each for those in the index, the ids of the
+    others (missing blobs)."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+        self._bits = BlobBits(index.positions)
+        self.not_indexed: set[bytes] = set()
+
+    def add(self, bid: bytes) -> None:
+        pos = self._index.position(bid)
+        if pos >= 0:
+            self._bits.add(pos)
+        else:
+            self.not_indexed.add(bid)
+
+    def __len__(self) -> int:
+        return len(self._bits) + len(self.not_indexed)
+
+
+def _walk_unique(repo: Repository, root: bytes, graph: dict[bytes, list[bytes]],
+                 referenced: _Referenced, failed: set[bytes], report: VerifyReport) -> None:
+    """Load and parse every tree reachable from ``root`` not seen yet; record which
+    trees it holds (the blobs are only counted: _find_affected reads trees again when
+    there is damage to trace)."""
     referenced.add(root)
     stack = [root]
     while stack:
@@ -416,10 +442,12 @@ def _walk_unique(repo: Repository, root: bytes,
                 blob=tid.hex(), blobs={tid}))
             continue
         subtrees = [n.subtree for n in nodes if n.subtree is not None]
-        blobs = [b for n in nodes for b in n.content]
-        graph[tid] = (subtrees, blobs)
-        referenced.update(subtrees)
-        referenced.update(blobs)
+        graph[tid] = subtrees
+        for n in nodes:
+            for b in n.content:
+                referenced.add(b)
+        for sub in subtrees:
+            referenced.add(sub)
         stack.extend(subtrees)
 
 
@@ -456,14 +484,13 @@ def _read_pack(repo: Repository, pid: bytes, name: str, entries: list[PackEntry]
 
 
 def _find_affected(repo: Repository, roots: list[tuple[str, bytes]],
-                   graph: dict[bytes, tuple[list[bytes], list[bytes]]],
-                   report: VerifyReport) -> None:
+                   graph: dict[bytes, list[bytes]], report: VerifyReport) -> None:
     """Fill ``affected`` of every problem about blobs with the files that need them."""
     problems = [p for p in report.errors if p.blobs]
     wanted: set[bytes] = set().union(*(p.blobs for p in problems)) if problems else set()
     if not wanted:
         return
-    bad = _trees_leading_to(graph, wanted)
+    bad = _trees_leading_to(graph, wanted, _trees_holding(repo, graph, wanted))
     found: dict[bytes, list[tuple[str, str]]] = {}
     counts: dict[bytes, int] = {}
 
@@ -510,9 +537,25 @@ def _find_affected(repo: Repository, roots: list[tuple[str, bytes]],
         p.affected_total = max(total, len(p.affected))
 
 
-def _trees_leading_to(graph: dict[bytes, tuple[list[bytes], list[bytes]]],
-                      wanted: set[bytes]) -> set[bytes]:
-    """Trees from which a blob in ``wanted`` is reachable (iterative post-order)."""
+def _trees_holding(repo: Repository, graph: dict[bytes, list[bytes]],
+                   wanted: set[bytes]) -> set[bytes]:
+    """The trees with a file made of a blob in ``wanted`` (each tree read again: the walk
+    kept no list of blobs, which for every tree would have held every blob id)."""
+    out: set[bytes] = set()
+    for tid in graph:
+        try:
+            nodes = parse_tree(repo.load_blob(tid))
+        except (DamagedObjectError, OSError, ValueError, TypeError):
+            continue  # read before: only damage since then gets here
+        if any(b in wanted for n in nodes for b in n.content):
+            out.add(tid)
+    return out
+
+
+def _trees_leading_to(graph: dict[bytes, list[bytes]], wanted: set[bytes],
+                      holding: set[bytes]) -> set[bytes]:
+    """Trees from which a blob in ``wanted`` is reachable (iterative post-order), given
+    the trees ``holding`` one directly."""
     bad: set[bytes] = set()
     done: set[bytes] = set()
     visiting: set[bytes] = set()  # guards against a (forged) cycle
@@ -524,7 +567,7 @@ def _trees_leading_to(graph: dict[bytes, tuple[list[bytes], list[bytes]]],
             tid, expanded = stack.pop()
             if tid in done:
                 continue
-            subtrees, blobs = graph[tid]
+            subtrees = graph[tid]
             if not expanded:
                 if tid in visiting:
                     continue
@@ -533,7 +576,6 @@ def _trees_leading_to(graph: dict[bytes, tuple[list[bytes], list[bytes]]],
                 stack.extend((s, False) for s in subtrees if s in graph and s not in done)
                 continue
             done.add(tid)
-            if (any(b in wanted for b in blobs) or any(s in wanted or s in bad
-                                                       for s in subtrees)):
+            if tid in holding or any(s in wanted or s in bad for s in subtrees):
                 bad.add(tid)
     return bad
