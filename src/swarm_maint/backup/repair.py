@@ -31,7 +31,9 @@ from typing import Any
 import blake3
 
 from .errors import DamagedObjectError, RepositoryError
+from .index import BlobBits, Index, pack_entries, unpack_entries
 from .packs import (
+    _ENTRY,
     PackEntry,
     check_blobs,
     pack_id_of,
@@ -117,14 +119,22 @@ def repair(repo: Repository, *, read_data: bool = False, dry_run: bool = False,
     if repo.object_names("index") != index_files:
         raise RepositoryError("index files changed while repair read them (is a backup "
                               "running?); repair aborted, nothing was changed")
-    old = dict(repo.index.packs)
+    # the old index is read one pack at a time, the new one kept packed, and the blobs
+    # held marked in a bitmap over the old index: entry objects and sets of ids for every
+    # blob took ~400 bytes a blob
+    index = repo.index
+    old = set(index.packs)
+
+    def old_raw(pid: bytes) -> bytes:
+        return repo.index.raw_entries(pid) if pid in old else b""
+
     stored = storage.list("packs/")
     result.packs_stored = len(stored)  # foreign files are subtracted below
     stored_names = set(stored)
     result.missing_packs = sorted(pack_name(p) for p in old if pack_name(p) not in stored_names)
 
     # 1. which packs are intact (indexed as their headers say), damaged or unreadable
-    new: dict[bytes, list[PackEntry]] = {}
+    new: dict[bytes, bytes] = {}  # pack -> its entries, packed
     kept_unread: set[bytes] = set()  # unreadable packs kept as indexed: not safe copies
     damaged: list[tuple[str, bytes]] = []
     for i, name in enumerate(stored):
@@ -134,18 +144,18 @@ def repair(repo: Repository, *, read_data: bool = False, dry_run: bool = False,
             result.foreign_files.append(name)  # not ours to judge: left alone
             continue
         try:
-            entries, good = _examine(repo, name, pid, old.get(pid, []),
+            entries, good = _examine(repo, name, pid, old_raw(pid),
                                      read_data or name in suspects)
         except OSError:
             # maybe a flaky disk: judged later, so kept as the old index has it (else a
             # prune would delete it as named by no index)
             result.unreadable_packs.append(name)
             if pid in old:
-                new[pid] = old[pid]
+                new[pid] = old_raw(pid)
                 kept_unread.add(pid)
             continue
         if good is None:
-            new[pid] = entries
+            new[pid] = pack_entries(entries)
             result.packs_indexed += 1
             if pid not in old:
                 result.adopted_packs.append(name)
@@ -156,39 +166,43 @@ def repair(repo: Repository, *, read_data: bool = False, dry_run: bool = False,
 
     # 2. from the damaged packs, the intact blobs no other pack holds (read again: a
     # damaged pack is rare, holding all of them in memory is not)
-    held = {e.id for p, entries in new.items() if p not in kept_unread for e in entries}
+    held = _Held(index)
+    for p, raw in new.items():
+        if p not in kept_unread:
+            held.add_packed(raw)
     out = PackOutput(repo, dry_run)
     deletable: list[str] = []
     for i, (name, pid) in enumerate(damaged):
         tick("salvage", i, len(damaged))
         try:
-            entries, good = _examine(repo, name, pid, old.get(pid, []), True)
+            entries, good = _examine(repo, name, pid, old_raw(pid), True)
         except OSError:
             result.unreadable_packs.append(name)  # gone unreadable since: kept
             result.damaged_packs.remove(name)
             if pid in old:
-                new[pid] = old[pid]
+                new[pid] = old_raw(pid)
                 kept_unread.add(pid)
             continue
         if good is None:  # intact when read whole: reading its header alone failed
-            new[pid] = entries
+            new[pid] = pack_entries(entries)
             result.damaged_packs.remove(name)
             result.packs_indexed += 1
             continue
         deletable.append(name)
         for e, sealed in good:
-            if e.id not in held:
-                held.add(e.id)
+            if held.add(e.id):
                 out.add(e, sealed)
                 result.blobs_salvaged += 1
     out.finish()
     result.packs_written = len(out.packs)
     result.bytes_written = out.bytes_written
-    new.update(out.packs)
+    new.update((p, pack_entries(e)) for p, e in out.packs.items())
 
-    held.update(e.id for p in kept_unread for e in new[p])
-    result.blobs_lost = len({e.id for entries in old.values() for e in entries} - held)
-    result.changed = bool(new != old or result.damaged_index_files)
+    for p in kept_unread:
+        held.add_packed(old_raw(p))
+    result.blobs_lost = len(index) - held.old_held()
+    result.changed = bool(result.damaged_index_files or new.keys() != old
+                          or any(new[p] != index.raw_entries(p) for p in old))
     if result.changed:
         result.index_files_replaced = len(index_files)
     if dry_run:
@@ -200,14 +214,44 @@ def repair(repo: Repository, *, read_data: bool = False, dry_run: bool = False,
     for name in deletable:
         storage.delete(name)
         result.packs_deleted += 1
+    del index, new, held  # the old index is freed before the new one is read
     repo.load_index()
     return result
 
 
-def _examine(repo: Repository, name: str, pid: bytes, indexed: list[PackEntry],
+class _Held:
+    """The blob ids intact packs hold: a bit each for those the old index has (nearly
+    all), the ids of the others (adopted packs; all of them when the index was lost)."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+        self._bits = BlobBits(index.positions)
+        self._others: set[bytes] = set()
+
+    def add(self, bid: bytes) -> bool:
+        """Add ``bid``; False when it was held already."""
+        pos = self._index.position(bid)
+        if pos >= 0:
+            return self._bits.add(pos)
+        if bid in self._others:
+            return False
+        self._others.add(bid)
+        return True
+
+    def add_packed(self, raw: bytes) -> None:
+        for entry in _ENTRY.iter_unpack(raw):
+            self.add(entry[-1])
+
+    def old_held(self) -> int:
+        """How many of the old index's blobs are held."""
+        return len(self._bits)
+
+
+def _examine(repo: Repository, name: str, pid: bytes, indexed: bytes,
              read_data: bool) -> tuple[list[PackEntry], list[tuple[PackEntry, bytes]] | None]:
     """(entries, None) for an intact pack; for a damaged one ([], its blobs that still
-    decrypt and match their ids). OSError when the pack cannot be read at all."""
+    decrypt and match their ids, found through its header or else through ``indexed``,
+    the old index's entries, packed). OSError when the pack cannot be read at all."""
     if not read_data:
         try:
             return read_header(repo.crypto, repo.storage, name, repo.storage.size(name)), None
@@ -218,7 +262,7 @@ def _examine(repo: Repository, name: str, pid: bytes, indexed: list[PackEntry],
         header: list[PackEntry] | None = whole_pack_header(repo.crypto, data, name)
     except DamagedObjectError:
         header = None
-    candidates = header if header is not None else indexed
+    candidates = header if header is not None else unpack_entries(indexed)
     good = [(e, sealed) for e, sealed, exc in check_blobs(repo.crypto, data, candidates, name)
             if exc is None]
     if (header is not None and len(good) == len(header)
