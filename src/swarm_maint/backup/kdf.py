@@ -11,8 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from .storage.base import Storage
@@ -22,8 +21,7 @@ __all__ = ["KeyObject", "derive", "derive_first_key", "parse_key_object"]
 _MAXMEM_LIMIT = 2**31 - 1  # what hashlib.scrypt accepts
 
 
-@dataclass(frozen=True)
-class KeyObject:
+class KeyObject(NamedTuple):  # not a dataclass: early_kdf loads this module first thing
     salt: bytes
     n: int
     r: int
@@ -66,7 +64,12 @@ def derive_first_key(storage: Storage, password: str) -> dict[str, bytes]:
     if not names:
         return {}
     try:
-        obj = parse_key_object(storage.read(names[0]))
+        raw = storage.read(names[0])
+        obj = parse_key_object(raw)
     except (ValueError, OSError):
         return {}
-    return {names[0]: derive(password, obj.salt, obj.n, obj.r, obj.p)}
+    from .early_kdf import take
+
+    kek = take(password, raw)  # derived already, as the process started?
+    return {names[0]: kek if kek is not None else derive(password, obj.salt, obj.n, obj.r,
+                                                          obj.p)}

@@ -11,10 +11,11 @@ import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from ..errors import FileAccessError, SwarmMaintError
-from . import fast_path
 
 if TYPE_CHECKING:
     import typer
+
+    from . import fast_path
 
 # command name -> (module, attribute, is a group); a module is imported only when its
 # command runs (or for help), so `backup run` does not pay for the agent, alerts, health
@@ -81,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: one line on stderr and the error's exit code for every SwarmMaintError."""
     global _finished_fast
     args = sys.argv[1:] if argv is None else argv
+    if argv is None:  # a process of its own: the key may be derived while modules load
+        from ..backup import early_kdf
+
+        early_kdf.start(args)
+    from . import fast_path
+
     call = fast_path.parse(args)
     try:
         if call is not None:
