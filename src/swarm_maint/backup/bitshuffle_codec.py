@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -50,19 +51,33 @@ def _load_extension() -> ModuleType:
     return module_
 
 
-_ext: Any = _load_extension()
-_ext.init()
-# Process-wide settings of the extension. Releasing the GIL makes it use c-blosc's
-# context API, which is safe from several threads; the threads are ours, so blosc's own
-# pool stays at one. (Importing the ``blosc`` package would reset them: nothing here does.)
-_ext.set_nthreads(1)
-_ext.set_blocksize(BLOCK_SIZE)
-_ext.set_releasegil(True)
+_lock = threading.Lock()
+_loaded: Any = None
+
+
+def _extension() -> Any:
+    """The extension, loaded on first use (8 ms from a cold page cache: a backup of
+    unchanged data never compresses a tensor, so it need not pay that as it starts)."""
+    global _loaded
+    if _loaded is None:
+        with _lock:
+            if _loaded is None:
+                ext = _load_extension()
+                ext.init()
+                # Process-wide settings. Releasing the GIL makes it use c-blosc's context
+                # API, safe from several threads; the threads are ours, so blosc's own pool
+                # stays at one. (Importing the ``blosc`` package would reset them: nothing
+                # here does.)
+                ext.set_nthreads(1)
+                ext.set_blocksize(BLOCK_SIZE)
+                ext.set_releasegil(True)
+                _loaded = ext
+    return _loaded
 
 
 def compress(data: bytes | memoryview) -> bytes:
     """One Blosc1 chunk: ``data`` bit-shuffled as 4-byte elements, zstd per 256 KiB block."""
-    out: bytes = _ext.compress(data, TYPESIZE, LEVEL, _BITSHUFFLE, "zstd")
+    out: bytes = _extension().compress(data, TYPESIZE, LEVEL, _BITSHUFFLE, "zstd")
     return out
 
 
@@ -71,13 +86,14 @@ def decompress(payload: bytes | memoryview, raw_length: int, what: str) -> bytes
     are checked against the index before anything is allocated."""
     if len(payload) < _HEADER:
         raise DamagedObjectError(f"{what}: bit-shuffled payload is too short", what)
+    ext = _extension()
     try:
-        nbytes, cbytes, _ = _ext.get_cbuffer_sizes(payload)
+        nbytes, cbytes, _ = ext.get_cbuffer_sizes(payload)
         if nbytes != raw_length or cbytes != len(payload):
             raise DamagedObjectError(
                 f"{what}: bit-shuffled payload claims {nbytes} bytes in {cbytes}, "
                 f"expected {raw_length} in {len(payload)}", what)
-        data: bytes = _ext.decompress(payload, False)
-    except _ext.error as exc:
+        data: bytes = ext.decompress(payload, False)
+    except ext.error as exc:
         raise DamagedObjectError(f"{what}: cannot decompress: {exc}", what) from None
     return data
