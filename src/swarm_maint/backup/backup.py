@@ -25,8 +25,7 @@ import stat
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from .. import __version__
 from ..clock import Clock, SystemClock
@@ -59,8 +58,7 @@ _BATCH_FILES = 32
 _BATCH_BYTES = 4 << 20
 
 
-@dataclass
-class BackupResult:
+class BackupResult(NamedTuple):
     snapshot_id: str
     files: int
     dirs: int
@@ -68,7 +66,7 @@ class BackupResult:
     added_bytes: int  # sealed bytes added to packs (data and trees)
     seconds: float
     partial: bool
-    errors: list[dict[str, str]] = field(default_factory=list)
+    errors: list[dict[str, str]]
     files_read: int = 0  # files actually opened and chunked (not from the cache)
     bytes_read: int = 0
     sockets_skipped: int = 0  # below the paths: no data, not errors

@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import blake3
 from cryptography.exceptions import InvalidTag
@@ -33,8 +33,7 @@ SCRYPT_R = 8
 SCRYPT_P = 1
 
 
-@dataclass(frozen=True)
-class MasterKey:
+class MasterKey(NamedTuple):
     encryption: bytes  # 32 bytes, AES-256-GCM
     id_key: bytes  # 32 bytes, keyed BLAKE3 for blob ids and MACs
     chunker_seed: int  # 63 bits, alters FastCDC's gear table so cut points leak nothing

@@ -13,9 +13,8 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Container, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 __all__ = ["CacheEntry", "FilesCache", "cache_folder"]
 
@@ -40,8 +39,7 @@ def cache_folder(state_dir: Path, repo_id: str) -> Path:
     return state_dir / "cache" / repo_id[:32]
 
 
-@dataclass(frozen=True, slots=True)
-class CacheEntry:
+class CacheEntry(NamedTuple):
     size: int
     mtime_ns: int
     ctime_ns: int

@@ -15,7 +15,7 @@ import array
 import struct
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import blake3
 
@@ -41,8 +41,7 @@ _VERSION = 1
 _AAD = b"I"
 
 
-@dataclass(frozen=True, slots=True)
-class BlobLocation:
+class BlobLocation(NamedTuple):
     pack_id: bytes
     entry: PackEntry
 
@@ -135,8 +134,7 @@ def _key(blob_id: bytes) -> int:
     return int.from_bytes(blob_id[:8], "little") or 1  # 0 marks an empty slot
 
 
-@dataclass(frozen=True, slots=True)
-class _Table:
+class _Table(NamedTuple):
     keys: array.array[int]
     slots: array.array[int]
     mask: int

@@ -24,10 +24,9 @@ import random
 import secrets
 import threading
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from ..clock import Clock, SystemClock
 from ..hostname import local_hostname
@@ -54,8 +53,7 @@ DEFAULT_TTL = 1800.0
 _MAX_SCANS = 10
 
 
-@dataclass(frozen=True)
-class LockInfo:
+class LockInfo(NamedTuple):
     """One object under ``locks/``; ``error`` is set (and the rest zero) when unreadable."""
 
     name: str

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import blake3
 import zstandard
@@ -70,8 +70,7 @@ PACK_BUFFER = PACK_TARGET + (8 << 20) + (1 << 20)
 _HEADER_ROOM = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class PackEntry:
+class PackEntry(NamedTuple):
     type: int
     compression: int
     offset: int

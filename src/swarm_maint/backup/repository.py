@@ -15,8 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import blake3
 from pyfastcdc import FastCDC
@@ -55,8 +54,7 @@ INDEX_EVERY = 16  # packs; bounds what a crash can leave unindexed
 STORES_AHEAD = 1
 
 
-@dataclass(frozen=True)
-class ChunkerParams:
+class ChunkerParams(NamedTuple):
     min_size: int = 512 << 10
     avg_size: int = 1 << 20
     max_size: int = 8 << 20

@@ -9,7 +9,6 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import UsageError
@@ -43,17 +42,25 @@ class NullProgress:
         pass
 
 
-@dataclass(eq=False, slots=True)
 class Entry:
-    name: str
-    path: str
-    st: os.stat_result
-    kind: str  # file, dir, symlink, fifo
-    children: dict[str, Entry] | None = None
-    target: str = ""
-    content: list[bytes] | None = None
-    size: int = 0
-    subtree: str = ""
+    """A scanned file, directory, symlink or fifo (compared by identity)."""
+
+    __slots__ = ("children", "content", "kind", "name", "path", "size", "st", "subtree",
+                 "target")
+
+    def __init__(self, name: str, path: str, st: os.stat_result, kind: str,
+                 children: dict[str, Entry] | None = None, target: str = "",
+                 content: list[bytes] | None = None, size: int = 0,
+                 subtree: str = "") -> None:
+        self.name = name
+        self.path = path
+        self.st = st
+        self.kind = kind  # file, dir, symlink, fifo
+        self.children = children
+        self.target = target
+        self.content = content
+        self.size = size
+        self.subtree = subtree
 
 
 def normalize_paths(paths: Iterable[str | bytes | os.PathLike[str]]) -> list[str]:

@@ -13,10 +13,10 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from types import ModuleType
+from typing import NamedTuple
 
 from ..clock import Clock
 from ..hostname import local_hostname
@@ -98,8 +98,7 @@ def process_alive(identity: str) -> bool:
         raise
 
 
-@dataclass(frozen=True)
-class LeaseInfo:
+class LeaseInfo(NamedTuple):
     owner: str          # what holds it: a job name, or "cli: update apply"
     holder: str         # process identity
     acquired: float
