@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -284,6 +286,32 @@ def _many_blobs_snapshot(repo: Repository, name: str, blobs: int, when: float) -
                                           "paths": [f"/{name}"], "tags": [], "tree": root})
 
 
+T = TypeVar("T")
+
+
+def _peak_beside_index(repo: Repository, command: Callable[[Repository], T]) -> tuple[T, int]:
+    """(what ``command(repo)`` returned, the peak of what it allocated beyond the
+    repository's loaded index), traced by tracemalloc."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        repo.load_index()
+        index_bytes = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        result = command(repo)
+        return result, tracemalloc.get_traced_memory()[1] - index_bytes
+    finally:
+        tracemalloc.stop()
+
+
+def _two_snapshots_of_many_blobs(tmp_path: Path, n: int) -> Repository:
+    repo = new_repo(tmp_path)
+    for name in ("one", "two"):
+        _many_blobs_snapshot(repo, name, n, time.time())
+    return reopen(repo)
+
+
 @pytest.fixture
 def small_packs(monkeypatch: pytest.MonkeyPatch) -> None:
     import swarm_maint.backup.repository as repository
@@ -296,23 +324,13 @@ def test_memory_per_blob_stays_small(tmp_path: Path) -> None:
     """Prune marks used blobs in bitmaps and reads the index one pack at a time: sets of
     ids and entry objects took ~400 bytes a blob beside the index (4 GB for a 10 TB
     repository of 1 MiB chunks); now it needs about what writing the new index takes."""
-    import tracemalloc
-
     repo = new_repo(tmp_path)
     n = 20_000
     keep = _many_blobs_snapshot(repo, "keep", n, time.time())
     gone = _many_blobs_snapshot(repo, "gone", n, time.time())
     repo = reopen(repo)
     repo.storage.delete(f"snapshots/{gone}")
-    tracemalloc.start()
-    try:
-        repo.load_index()
-        index_bytes = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        result = prune(repo, grace_seconds=0)
-        peak = tracemalloc.get_traced_memory()[1] - index_bytes
-    finally:
-        tracemalloc.stop()
+    result, peak = _peak_beside_index(repo, lambda r: prune(r, grace_seconds=0))
     assert result.blobs_kept == n + 101  # and its trees
     assert result.packs_deleted >= 1 and result.blobs_removed >= n
     per_blob = peak / (2 * n)
@@ -327,22 +345,8 @@ def test_verify_memory_per_blob_stays_small(tmp_path: Path) -> None:
     """Verify counts the blobs snapshots reach in a bitmap and decodes the index one pack
     at a time, instead of a set of ids, a list of every tree's blobs and an entry object
     for each blob."""
-    import tracemalloc
-
-    repo = new_repo(tmp_path)
     n = 20_000
-    for name in ("one", "two"):
-        _many_blobs_snapshot(repo, name, n, time.time())
-    repo = reopen(repo)
-    tracemalloc.start()
-    try:
-        repo.load_index()
-        index_bytes = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        report = verify(repo)
-        peak = tracemalloc.get_traced_memory()[1] - index_bytes
-    finally:
-        tracemalloc.stop()
+    report, peak = _peak_beside_index(_two_snapshots_of_many_blobs(tmp_path, n), verify)
     assert report.ok and report.blobs_referenced == 2 * (n + 101)
     per_blob = peak / (2 * n)
     # mostly one index file at a time, read, decrypted and split into packs; the old
@@ -355,24 +359,10 @@ def test_repair_memory_per_blob_stays_small(tmp_path: Path) -> None:
     """Repair keeps the index it rebuilds packed (50 bytes a blob) and marks the blobs
     intact packs hold in a bitmap, instead of entry objects for the old and the new
     index and sets of ids."""
-    import tracemalloc
-
     from swarm_maint.backup.repair import repair
 
-    repo = new_repo(tmp_path)
     n = 20_000
-    for name in ("one", "two"):
-        _many_blobs_snapshot(repo, name, n, time.time())
-    repo = reopen(repo)
-    tracemalloc.start()
-    try:
-        repo.load_index()
-        index_bytes = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        result = repair(repo)
-        peak = tracemalloc.get_traced_memory()[1] - index_bytes
-    finally:
-        tracemalloc.stop()
+    result, peak = _peak_beside_index(_two_snapshots_of_many_blobs(tmp_path, n), repair)
     assert not result.changed and result.blobs_lost == 0
     per_blob = peak / (2 * n)
     # mostly the rebuilt index, packed; the old way took ~510 here

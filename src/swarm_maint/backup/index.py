@@ -26,6 +26,7 @@ from .packs import _ENTRY, PackEntry
 __all__ = [
     "ENTRY_SIZE",
     "BlobBits",
+    "BlobIds",
     "BlobLocation",
     "Index",
     "decode_index",
@@ -246,23 +247,25 @@ class Index:
         off = (slot & _ENTRY_MASK) * ENTRY_SIZE + _ID_AT
         return raw[off:off + 32]
 
-    def _find(self, blob_id: bytes) -> int:
-        """The slot value of ``blob_id``, or -1 (inlined: a backup asks once per chunk)."""
-        t = self._table
-        keys = t.keys
-        mask = t.mask
-        key = int.from_bytes(blob_id[:8], "little") or 1
+    def _probe(self, t: _Table, blob_id: bytes) -> int:
+        """Where ``blob_id`` sits in table ``t`` (the caller's, read once: a growing
+        table is replaced whole), or -1."""
+        keys, mask = t.keys, t.mask
+        key = _key(blob_id)
         j = key & mask
         while True:
             k = keys[j]
             if not k:
                 return -1
-            if k == key:
-                slot = t.slots[j]
-                off = (slot & _ENTRY_MASK) * ENTRY_SIZE + _ID_AT
-                if self._entries[slot >> _ENTRY_BITS][off:off + 32] == blob_id:
-                    return slot
+            if k == key and self._id_at(t.slots[j]) == blob_id:
+                return j
             j = (j + 1) & mask
+
+    def _find(self, blob_id: bytes) -> int:
+        """The slot value of ``blob_id``, or -1."""
+        t = self._table
+        j = self._probe(t, blob_id)
+        return -1 if j < 0 else t.slots[j]
 
     def _location(self, slot: int) -> BlobLocation:
         no = slot >> _ENTRY_BITS
@@ -288,17 +291,7 @@ class Index:
     def position(self, blob_id: bytes) -> int:
         """The position of ``blob_id`` (-1: not in the index), valid until the index
         next changes."""
-        t = self._table
-        keys, mask = t.keys, t.mask
-        key = int.from_bytes(blob_id[:8], "little") or 1
-        j = key & mask
-        while True:
-            k = keys[j]
-            if not k:
-                return -1
-            if k == key and self._id_at(t.slots[j]) == blob_id:
-                return j
-            j = (j + 1) & mask
+        return self._probe(self._table, blob_id)
 
     def id_at_position(self, position: int) -> bytes:
         t = self._table
@@ -349,6 +342,30 @@ class BlobBits:
         """The lowest position in this set and not in ``other``, or -1."""
         rest = int.from_bytes(self._bits, "little") & ~int.from_bytes(other._bits, "little")
         return (rest & -rest).bit_length() - 1
+
+
+class BlobIds:
+    """A set of blob ids: a bit each (``bits``) for those in ``index``, the ids of the
+    others (``others``: missing blobs, adopted packs), for marking every blob of a large
+    repository in little memory. Valid while the index does not change."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+        self.bits = BlobBits(index.positions)
+        self.others: set[bytes] = set()
+
+    def add(self, blob_id: bytes) -> bool:
+        """Add ``blob_id``; False when it was in already."""
+        pos = self._index.position(blob_id)
+        if pos >= 0:
+            return self.bits.add(pos)
+        if blob_id in self.others:
+            return False
+        self.others.add(blob_id)
+        return True
+
+    def __len__(self) -> int:
+        return len(self.bits) + len(self.others)
 
 
 class _PackView(Mapping[bytes, list[PackEntry]]):

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..errors import UsageError
 from .errors import DamagedObjectError, RepositoryError
-from .index import ENTRY_SIZE, BlobBits
+from .index import ENTRY_SIZE, BlobBits, BlobIds
 from .packs import _ENTRY, PACK_TARGET, PackEntry, PackWriter, decode_blob, pack_id_of, pack_name
 from .repository import Repository
 from .storage import LocalStorage, Storage, check_name
@@ -99,10 +99,8 @@ def mark_used_blobs(repo: Repository,
     Raises DamagedObjectError when a snapshot or tree cannot be read or a reached blob is
     not in the index: the used set would be incomplete.
     """
-    index = repo.index
-    used = BlobBits(index.positions)
+    used = BlobIds(repo.index)
     missing: list[str] = []
-    not_indexed: set[bytes] = set()
     snap_ids = repo.list_objects("snapshots")
     for i, sid in enumerate(snap_ids):
         if progress is not None:
@@ -116,14 +114,11 @@ def mark_used_blobs(repo: Repository,
         stack = [root]
         while stack:
             tid = stack.pop()
-            pos = index.position(tid)
-            if pos < 0:
-                if tid not in not_indexed:
-                    not_indexed.add(tid)
-                    missing.append(f"tree {tid.hex()} (snapshot {sid[:8]})")
-                continue
-            if not used.add(pos):
+            if not used.add(tid):
                 continue  # walked already
+            if tid in used.others:
+                missing.append(f"tree {tid.hex()} (snapshot {sid[:8]})")
+                continue
             try:
                 nodes = parse_tree(repo.load_blob(tid))
             except (DamagedObjectError, OSError, ValueError, TypeError) as exc:
@@ -133,11 +128,7 @@ def mark_used_blobs(repo: Repository,
                     tid.hex()) from None
             for n in nodes:
                 for b in n.content:
-                    pos = index.position(b)
-                    if pos >= 0:
-                        used.add(pos)
-                    elif b not in not_indexed:
-                        not_indexed.add(b)
+                    if used.add(b) and b in used.others:
                         missing.append(f"blob {b.hex()} (snapshot {sid[:8]})")
                 if n.subtree is not None:
                     stack.append(n.subtree)
@@ -147,7 +138,7 @@ def mark_used_blobs(repo: Repository,
             f"{len(missing)} blob(s) used by snapshots are in no index: "
             f"{', '.join(missing[:5])}{more}; prune aborted, nothing was deleted "
             "(run `swarm-maint backup verify`)")
-    return used, len(snap_ids)
+    return used.bits, len(snap_ids)
 
 
 # -- sweep ------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any
 import blake3
 
 from .errors import DamagedObjectError, RepositoryError
-from .index import BlobBits, Index, pack_entries, unpack_entries
+from .index import BlobIds, pack_entries, unpack_entries
 from .packs import (
     _ENTRY,
     PackEntry,
@@ -166,10 +166,10 @@ def repair(repo: Repository, *, read_data: bool = False, dry_run: bool = False,
 
     # 2. from the damaged packs, the intact blobs no other pack holds (read again: a
     # damaged pack is rare, holding all of them in memory is not)
-    held = _Held(index)
+    held = BlobIds(index)  # the blob ids intact packs hold
     for p, raw in new.items():
         if p not in kept_unread:
-            held.add_packed(raw)
+            _add_packed(held, raw)
     out = PackOutput(repo, dry_run)
     deletable: list[str] = []
     for i, (name, pid) in enumerate(damaged):
@@ -199,8 +199,8 @@ def repair(repo: Repository, *, read_data: bool = False, dry_run: bool = False,
     new.update((p, pack_entries(e)) for p, e in out.packs.items())
 
     for p in kept_unread:
-        held.add_packed(old_raw(p))
-    result.blobs_lost = len(index) - held.old_held()
+        _add_packed(held, old_raw(p))
+    result.blobs_lost = len(index) - len(held.bits)  # the old index's blobs no pack holds
     result.changed = bool(result.damaged_index_files or new.keys() != old
                           or any(new[p] != index.raw_entries(p) for p in old))
     if result.changed:
@@ -219,32 +219,9 @@ def repair(repo: Repository, *, read_data: bool = False, dry_run: bool = False,
     return result
 
 
-class _Held:
-    """The blob ids intact packs hold: a bit each for those the old index has (nearly
-    all), the ids of the others (adopted packs; all of them when the index was lost)."""
-
-    def __init__(self, index: Index) -> None:
-        self._index = index
-        self._bits = BlobBits(index.positions)
-        self._others: set[bytes] = set()
-
-    def add(self, bid: bytes) -> bool:
-        """Add ``bid``; False when it was held already."""
-        pos = self._index.position(bid)
-        if pos >= 0:
-            return self._bits.add(pos)
-        if bid in self._others:
-            return False
-        self._others.add(bid)
-        return True
-
-    def add_packed(self, raw: bytes) -> None:
-        for entry in _ENTRY.iter_unpack(raw):
-            self.add(entry[-1])
-
-    def old_held(self) -> int:
-        """How many of the old index's blobs are held."""
-        return len(self._bits)
+def _add_packed(ids: BlobIds, raw: bytes) -> None:
+    for entry in _ENTRY.iter_unpack(raw):
+        ids.add(entry[-1])
 
 
 def _examine(repo: Repository, name: str, pid: bytes, indexed: bytes,

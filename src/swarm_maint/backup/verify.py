@@ -30,7 +30,7 @@ import blake3
 from ..errors import UsageError
 from .crypto import NONCE_SIZE, TAG_SIZE
 from .errors import DamagedObjectError
-from .index import BlobBits, Index, decode_index_raw, unpack_entries
+from .index import BlobIds, decode_index_raw, unpack_entries
 from .packs import (
     _ENTRY,
     PackEntry,
@@ -335,7 +335,7 @@ def verify(repo: Repository, *, read_data: bool = False,
     # snapshots and trees
     graph: dict[bytes, list[bytes]] = {}  # tree -> its subtrees
     roots: list[tuple[str, bytes]] = []
-    referenced = _Referenced(index)
+    referenced = BlobIds(index)  # what snapshots reach
     failed: set[bytes] = set()
     snap_ids = repo.list_objects("snapshots")
     report.snapshots = len(snap_ids)
@@ -352,7 +352,7 @@ def verify(repo: Repository, *, read_data: bool = False,
         _walk_unique(repo, root, graph, referenced, failed, report)
     report.trees = len(graph)
     report.blobs_referenced = len(referenced)
-    for bid in sorted(referenced.not_indexed):
+    for bid in sorted(referenced.others):
         report.missing_blobs.append(Problem(
             "missing_blobs", bid.hex(), f"missing blob {bid.hex()}: no index lists it",
             blob=bid.hex(), blobs={bid}))
@@ -396,28 +396,8 @@ def _check_pack_size(repo: Repository, name: str, raw: bytes) -> Problem | None:
     return Problem("damaged_packs", name, detail, pack=name, blobs={e.id for e in entries})
 
 
-class _Referenced:
-    """The blobs snapshots reach: a bit each for those in the index, the ids of the
-    others (missing blobs)."""
-
-    def __init__(self, index: Index) -> None:
-        self._index = index
-        self._bits = BlobBits(index.positions)
-        self.not_indexed: set[bytes] = set()
-
-    def add(self, bid: bytes) -> None:
-        pos = self._index.position(bid)
-        if pos >= 0:
-            self._bits.add(pos)
-        else:
-            self.not_indexed.add(bid)
-
-    def __len__(self) -> int:
-        return len(self._bits) + len(self.not_indexed)
-
-
 def _walk_unique(repo: Repository, root: bytes, graph: dict[bytes, list[bytes]],
-                 referenced: _Referenced, failed: set[bytes], report: VerifyReport) -> None:
+                 referenced: BlobIds, failed: set[bytes], report: VerifyReport) -> None:
     """Load and parse every tree reachable from ``root`` not seen yet; record which
     trees it holds (the blobs are only counted: _find_affected reads trees again when
     there is damage to trace)."""
