@@ -7,18 +7,21 @@ import os
 import random
 import socket
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from swarm_maint.backup import backup as backup_module
 from swarm_maint.backup.backup import NullProgress, is_excluded, normalize_paths, run_backup
 from swarm_maint.backup.errors import DamagedObjectError, RepositoryError, SnapshotSelectorError
 from swarm_maint.backup.files_cache import CacheEntry, FilesCache
 from swarm_maint.backup.packs import DATA, TREE, pack_name
 from swarm_maint.backup.repository import ChunkerParams, Repository
 from swarm_maint.backup.restore import restore
+from swarm_maint.backup.scan import Entry, Scan
 from swarm_maint.backup.snapshots import (
     diff_snapshots,
     find_snapshot,
@@ -221,6 +224,30 @@ def test_files_cache_does_not_vouch_for_missing_blobs(tmp_path: Path) -> None:
         assert cache.lookup("/nope", st, set(ids)) is None
 
 
+def test_files_cache_damaged_rows_are_misses(tmp_path: Path) -> None:
+    """Rows of the wrong type or length (a damaged or foreign database) are read as
+    changed files: the file is read again, never trusted, never an error."""
+    st = os.stat(tmp_path)
+    good = b"\x01" * 32
+    rows = {
+        "text-content": (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, "x" * 32),
+        "short-content": (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, good[:31]),
+        "text-size": ("large", st.st_mtime_ns, st.st_ctime_ns, st.st_ino, good),
+        "other-inode": (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino + 1, good),
+        "two-ids": (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, good * 2),
+    }
+    with FilesCache(tmp_path / "c.db") as cache:
+        cache._db.executemany(
+            "INSERT INTO files (path, size, mtime_ns, ctime_ns, inode, content, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?, 0)",
+            [(os.fsencode(name), *row) for name, row in rows.items()])
+        names = list(rows)
+        found = cache.lookup_many([(name, st) for name in names], {good})
+    assert dict(zip(names, found, strict=True)) == {
+        "text-content": None, "short-content": None, "text-size": None,
+        "other-inode": None, "two-ids": (good, good)}
+
+
 def test_files_cache_written_only_for_saved_snapshots(repo: Repository,
                                                       tmp_path: Path) -> None:
     src = tmp_path / "src"
@@ -321,6 +348,87 @@ class VanishOnStart(NullProgress):
 
     def on_error(self, path: str, msg: str) -> None:
         self.errors.append((path, msg))
+
+
+def _entry_at(scan: Scan, path: Path) -> Entry:
+    e = scan.root
+    for name in str(path).strip("/").split("/"):
+        assert e.children is not None
+        e = e.children[name]
+    return e
+
+
+def _root_nodes(repo: Repository, snapshot_id: str) -> dict[str, dict[str, Any]]:
+    """The nodes of the backed-up directory (the snapshot of one path), by name."""
+    tree = repo.load_object("snapshots", snapshot_id)["tree"]
+    path = repo.load_object("snapshots", snapshot_id)["paths"][0]
+    for name in path.strip("/").split("/"):
+        tree = next(n for n in load_tree(repo, tree) if n["name"] == name)["subtree"]
+    return {n["name"]: n for n in load_tree(repo, tree)}
+
+
+def test_unchanged_directories_trees_are_saved_while_files_are_read(
+        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    (src / "same" / "deeper").mkdir(parents=True)
+    (src / "same" / "one").write_bytes(b"one")
+    (src / "same" / "deeper" / "two").write_bytes(b"two" * 100)
+    (src / "changed").mkdir()
+    (src / "changed" / "big.bin").write_bytes(os.urandom(64 << 10))
+    (src / "changed" / "kept").write_bytes(b"kept")
+    (src / "failing").mkdir()
+    (src / "failing" / "sibling").write_bytes(b"sibling")
+    (src / "failing" / "vanish").write_bytes(b"first")
+    (src / "links").mkdir()
+    (src / "links" / "h1").write_bytes(b"linked")
+    set_times(src)
+    with FilesCache(tmp_path / "c.db") as cache:
+        first = run_backup(repo, [src], files_cache=cache)
+        assert first.files_read == 7
+        # a new file, one that vanishes once the scan has seen it changed, and a new
+        # hard link (its twin is read again: its ctime changed): their directories
+        # must wait, the others not
+        (src / "changed" / "big.bin").write_bytes(os.urandom(64 << 10))
+        (src / "failing" / "vanish").write_bytes(b"second")
+        os.link(src / "links" / "h1", src / "links" / "h2")
+        scan = Scan([src])
+        same, changed = _entry_at(scan, src / "same"), _entry_at(scan, src / "changed")
+        saved_before_read: dict[str, bool] = {}
+        read_file = backup_module._Backup.read_file
+
+        def slow_read(self: Any, e: Entry) -> Any:
+            if e.name == "big.bin":  # the read waits for the unchanged tree, up to 10 s
+                deadline = time.monotonic() + 10
+                while not same.subtree and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                saved_before_read["same"] = bool(same.subtree)
+                saved_before_read["changed"] = bool(changed.subtree)
+            return read_file(self, e)
+
+        monkeypatch.setattr(backup_module._Backup, "read_file", slow_read)
+        second = run_backup(repo, scan, files_cache=cache,
+                            progress=VanishOnStart(src / "failing" / "vanish"))
+    assert saved_before_read == {"same": True, "changed": False}
+    assert second.files_read == 2 and second.partial  # big.bin and h1
+    assert [e["path"] for e in second.errors] == [str(src / "failing" / "vanish")]
+    assert (second.files, second.dirs) == (7, first.dirs)  # h2 in, the failed file out
+
+    # the trees are those a backup reading everything anew makes
+    monkeypatch.undo()
+    repo = reopen(repo)
+    third = run_backup(repo, [src])
+    assert (third.files_read, third.files) == (6, 7) and not third.partial  # h2: a link
+    made, anew = _root_nodes(repo, second.snapshot_id), _root_nodes(repo, third.snapshot_id)
+    for name in ("same", "changed", "links"):
+        assert made[name] == anew[name]
+    failing = load_tree(repo, made["failing"]["subtree"])
+    assert [n["name"] for n in failing] == ["sibling"]
+    out = tmp_path / "out"
+    assert restore(repo, second.snapshot_id, out).errors == []
+    restored = under(out, src)
+    assert (restored / "changed" / "big.bin").read_bytes() == (
+        src / "changed" / "big.bin").read_bytes()
+    assert os.stat(restored / "links" / "h1").st_ino == os.stat(restored / "links" / "h2").st_ino
 
 
 def test_vanished_file_gives_partial_snapshot(repo: Repository, tmp_path: Path) -> None:

@@ -11,8 +11,10 @@
    busy. Files the files cache knows unchanged are not read. Files that cannot be read
    are reported and left out: the snapshot is marked partial and the backup completes.
    Sockets below the paths hold no data and are skipped (counted, not errors).
-3. Trees are stored bottom-up, ``repo.flush()`` makes packs and index durable, and only
-   then is the snapshot object written (followed by the files cache, in one transaction).
+3. Trees are stored bottom-up: those of directories with nothing left to read at any
+   depth (a re-run's unchanged ones) while the files are read, the others after.
+   ``repo.flush()`` then makes packs and index durable, and only then is the snapshot
+   object written (followed by the files cache, in one transaction).
    Its ``parent`` is the latest snapshot of the same paths from the same host, looked for
    while the files are read.
 """
@@ -261,6 +263,57 @@ class _Backup:
         return ids, total
 
 
+class _Trees:
+    """The directories' tree blobs, saved bottom-up (a directory after its
+    subdirectories), and the count of what they hold."""
+
+    def __init__(self, repo: Repository, root: Entry) -> None:
+        self.repo = repo
+        order: list[Entry] = []
+        stack = [root]
+        while stack:
+            d = stack.pop()
+            order.append(d)
+            assert d.children is not None
+            stack.extend(c for c in d.children.values() if c.kind == "dir")
+        self.bottom_up = order[::-1]
+        self.saved: set[int] = set()
+        self.files = self.dirs = self.bytes = self.added = 0
+
+    def save_ready(self, waiting: set[int]) -> None:
+        """Save the tree of every directory with nothing in ``waiting`` (ids of entries
+        whose content is not known yet) at any depth below it."""
+        blocked: set[int] = set()
+        for d in self.bottom_up:
+            assert d.children is not None
+            if any(id(c) in waiting or id(c) in blocked for c in d.children.values()):
+                blocked.add(id(d))
+            else:
+                self._save(d, set())
+
+    def save_rest(self, failed: set[int]) -> None:
+        """Save the trees not saved yet, leaving out the entries in ``failed``."""
+        for d in self.bottom_up:
+            if id(d) not in self.saved:
+                self._save(d, failed)
+
+    def _save(self, d: Entry, failed: set[int]) -> None:
+        assert d.children is not None
+        nodes: list[Node] = []
+        for c in d.children.values():
+            if id(c) in failed:
+                continue
+            nodes.append(_node(c))
+            if c.kind == "file":
+                self.files += 1
+                self.bytes += c.size
+            elif c.kind == "dir":
+                self.dirs += 1
+        d.subtree, added = save_tree(self.repo, nodes)
+        self.added += added
+        self.saved.add(id(d))
+
+
 def _batches(files: list[Entry], small: int) -> Iterator[list[Entry]]:
     """Small files travel in batches (less pool overhead per file), large ones alone."""
     batch: list[Entry] = []
@@ -350,6 +403,7 @@ def run_backup(
 
     failed: set[int] = set()
     cache_rows: list[tuple[str, CacheEntry]] = []
+    trees = _Trees(repo, root)
     file_pool = ThreadPoolExecutor(b.workers, thread_name_prefix="backup-file")
     b.blob_pool = ThreadPoolExecutor(b.workers, thread_name_prefix="backup-blob")
     # enough threads for every read the file threads queue to be in flight at once
@@ -357,6 +411,9 @@ def run_backup(
     try:
         futures = [(batch, file_pool.submit(b.read_batch, batch))
                    for batch in _batches(to_read, b.small)]
+        # while they are read, the trees that wait for none of them (a re-run's
+        # unchanged directories: ~20 ms for 3000 files)
+        trees.save_ready({id(e) for e in to_read} | {id(e) for e, _ in followers})
         results = ((e, r) for batch, fut in futures
                    for e, r in zip(batch, fut.result(), strict=True))
         for e, r in results:
@@ -383,30 +440,8 @@ def run_backup(
         else:
             e.content, e.size = lead.content, lead.size
 
-    # trees, bottom-up
-    order: list[Entry] = []
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        order.append(d)
-        assert d.children is not None
-        stack.extend(c for c in d.children.values() if c.kind == "dir")
-    n_files = n_dirs = 0
-    total_bytes = 0
-    for d in reversed(order):
-        assert d.children is not None
-        nodes: list[Node] = []
-        for c in d.children.values():
-            if id(c) in failed:
-                continue
-            nodes.append(_node(c))
-            if c.kind == "file":
-                n_files += 1
-                total_bytes += c.size
-            elif c.kind == "dir":
-                n_dirs += 1
-        d.subtree, added = save_tree(repo, nodes)
-        b.added += added
+    trees.save_rest(failed)
+    b.added += trees.added
     repo.flush()
     repo.release_buffers()
 
@@ -426,7 +461,7 @@ def run_backup(
         "excludes": list(excludes),
         "partial": partial,
         "errors": list(b.errors),
-        "summary": {"files": n_files, "dirs": n_dirs, "bytes": total_bytes,
+        "summary": {"files": trees.files, "dirs": trees.dirs, "bytes": trees.bytes,
                     "added_bytes": b.added, "seconds": seconds,
                     "sockets_skipped": len(scanned.sockets)},
         "program": f"swarm-maint {__version__}",
@@ -434,8 +469,9 @@ def run_backup(
     snapshot_id = repo.save_object("snapshots", snap)
     if files_cache is not None and cache_rows:
         files_cache.update(cache_rows, clock.time())
-    return BackupResult(snapshot_id, n_files, n_dirs, total_bytes, b.added, seconds, partial,
-                        list(b.errors), b.files_read, b.bytes_read, len(scanned.sockets))
+    return BackupResult(snapshot_id, trees.files, trees.dirs, trees.bytes, b.added, seconds,
+                        partial, list(b.errors), b.files_read, b.bytes_read,
+                        len(scanned.sockets))
 
 
 def _parent_or_none(repo: Repository, hostname: str, paths: list[str]) -> str | None:

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Container, Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Self
+from typing import NamedTuple, Self
 
 __all__ = ["CacheEntry", "FilesCache", "cache_folder"]
 
@@ -46,18 +46,17 @@ class CacheEntry(NamedTuple):
     inode: int
     content: tuple[bytes, ...]  # blob ids
 
-    def matches(self, st: os.stat_result) -> bool:
-        return (self.size == st.st_size and self.mtime_ns == st.st_mtime_ns
-                and self.ctime_ns == st.st_ctime_ns and self.inode == st.st_ino)
 
 
-def _entry(row: Sequence[Any]) -> CacheEntry | None:
-    """(size, mtime_ns, ctime_ns, inode, content) as a CacheEntry; None when damaged."""
-    raw = bytes(row[4])
+def _ids(raw: object) -> tuple[bytes, ...] | None:
+    """The blob ids of a content column; None when it is damaged."""
+    if not isinstance(raw, bytes):
+        return None
+    if len(raw) == _ID:  # most files are one chunk
+        return (raw,)
     if len(raw) % _ID:
         return None
-    ids = tuple(raw[i:i + _ID] for i in range(0, len(raw), _ID))
-    return CacheEntry(int(row[0]), int(row[1]), int(row[2]), int(row[3]), ids)
+    return tuple(raw[i:i + _ID] for i in range(0, len(raw), _ID))
 
 
 class FilesCache:
@@ -135,12 +134,16 @@ class FilesCache:
             rows = self._db.execute(
                 "SELECT path, size, mtime_ns, ctime_ns, inode, content FROM files"
                 f" WHERE path IN ({marks})", keys).fetchall()
-        found = {bytes(r[0]): r for r in rows}
+        found = {r[0]: r for r in rows}
         out: list[tuple[bytes, ...] | None] = []
         for key, (_, st) in zip(keys, files, strict=True):
             row = found.get(key)
-            entry = None if row is None else _entry(row[1:])
-            out.append(entry.content if entry is not None and entry.matches(st) else None)
+            # the stat first: most entries that do not match are of changed files
+            if (row is None or row[1] != st.st_size or row[2] != st.st_mtime_ns
+                    or row[3] != st.st_ctime_ns or row[4] != st.st_ino):
+                out.append(None)
+            else:
+                out.append(_ids(row[5]))
         return out
 
     def update(self, entries: Iterable[tuple[str, CacheEntry]], now: float) -> None:
