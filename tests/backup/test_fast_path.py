@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -188,6 +189,40 @@ def test_a_real_backup_and_restore_load_neither_typer_nor_pydantic(tmp_path: Pat
     restored = tmp_path / "out" / data.relative_to("/")
     assert (restored / "b.bin").read_bytes() == (data / "b.bin").read_bytes()
     assert (restored / "sub" / "a.json").read_text() == '{"x": 1}\n'
+
+
+def test_zstandard_loads_only_when_a_blob_is_stored_or_read(tmp_path: Path) -> None:
+    """The compressor is imported where it is first needed: a re-run of unchanged data
+    stores no blob (its trees are stored already) and never loads it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("compressible text\n" * 2000)
+    os.utime(data / "notes.txt", ns=(10**18, 10**18))  # old enough for the files cache
+    repo = str(tmp_path / "repo")
+    cli(tmp_path, "backup", "init", "--repo", repo)
+    # the state directory beside the data made before the first run: the second then
+    # sees every directory as the first did, ancestors included
+    (tmp_path / "state").mkdir(exist_ok=True)
+    probe = ("import sys\n"
+             "from swarm_maint.cli.main import main\n"
+             "rc = main(sys.argv[1:])\n"
+             "sys.stderr.write(f'{rc} {\"zstandard\" in sys.modules}\\n')\n")
+    env = env_for(tmp_path)
+
+    def loaded(*argv: str) -> bool:
+        r = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True,
+                           text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
+        rc, seen = r.stderr.strip().splitlines()[-1].split()
+        assert rc == "0", r.stderr
+        return seen == "True"
+
+    run = ("backup", "run", "--repo", repo, "--json", str(data))
+    assert loaded(*run)  # new text: compressed
+    assert not loaded(*run)  # unchanged
+    assert loaded("backup", "restore", "latest", "--repo", repo, "--target",
+                  str(tmp_path / "out"))  # the text and the trees are decompressed
+    assert (tmp_path / "out" / data.relative_to("/") / "notes.txt").read_text() == (
+        "compressible text\n" * 2000)
 
 
 def test_the_scan_loads_none_of_the_engine_s_native_modules() -> None:

@@ -15,16 +15,18 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import blake3
-import zstandard
 
 from . import bitshuffle_codec
 from .crypto import NONCE_SIZE, TAG_SIZE, Crypto
 from .direct_io import AlignedBuffer
 from .errors import DamagedObjectError
 from .storage import Storage
+
+if TYPE_CHECKING:
+    import zstandard
 
 __all__ = [
     "COMPRESSION_BITSHUFFLE_ZSTD",
@@ -100,6 +102,11 @@ def blob_aad(kind: int, blob_id: bytes) -> bytes:
 _local = threading.local()
 
 
+# zstandard is imported where it is first needed, not with this module: a backup starts
+# reading before it stores a new blob (the import is ~9 ms of a cold start, all of it
+# holding the GIL that the scan and the repository's opening wait for)
+
+
 def _compressor(level: int) -> zstandard.ZstdCompressor:
     """One compressor per thread and level: building one costs more than a small blob."""
     cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "zstd", None)
@@ -107,6 +114,8 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
         cache = _local.zstd = {}
     comp = cache.get(level)
     if comp is None:
+        import zstandard
+
         comp = cache[level] = zstandard.ZstdCompressor(level=level)
     return comp
 
@@ -119,6 +128,8 @@ def pack_buffer_size(first_blob: int) -> int:
 def _decompressor() -> zstandard.ZstdDecompressor:
     dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
     if dctx is None:
+        import zstandard
+
         dctx = _local.dctx = zstandard.ZstdDecompressor()
     return dctx
 
@@ -157,6 +168,8 @@ def decode_blob(crypto: Crypto, entry: PackEntry, sealed: bytes | memoryview,
     """Decrypt, decompress and check the id of one blob."""
     payload = crypto.open(sealed, blob_aad(entry.type, entry.id), what)
     if entry.compression == COMPRESSION_ZSTD:
+        import zstandard
+
         try:
             data = _decompressor().decompress(payload, max_output_size=entry.raw_length)
         except zstandard.ZstdError as exc:
