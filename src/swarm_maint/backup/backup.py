@@ -25,7 +25,7 @@ import getpass
 import os
 import stat
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, NamedTuple
 
@@ -289,15 +289,15 @@ class _Trees:
             if any(id(c) in waiting or id(c) in blocked for c in d.children.values()):
                 blocked.add(id(d))
             else:
-                self._save(d, set())
+                self._save(d, ())
 
-    def save_rest(self, failed: set[int]) -> None:
+    def save_rest(self, failed: Container[int]) -> None:
         """Save the trees not saved yet, leaving out the entries in ``failed``."""
         for d in self.bottom_up:
             if id(d) not in self.saved:
                 self._save(d, failed)
 
-    def _save(self, d: Entry, failed: set[int]) -> None:
+    def _save(self, d: Entry, failed: Container[int]) -> None:
         assert d.children is not None
         nodes: list[Node] = []
         for c in d.children.values():

@@ -47,7 +47,6 @@ class CacheEntry(NamedTuple):
     content: tuple[bytes, ...]  # blob ids
 
 
-
 def _ids(raw: object) -> tuple[bytes, ...] | None:
     """The blob ids of a content column; None when it is damaged."""
     if not isinstance(raw, bytes):
